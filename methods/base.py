@@ -1,0 +1,78 @@
+"""The one small interface the harness drives; every method is plain PyTorch.
+
+A method never learns how many workers it runs on: the harness hands it a ``sync``
+callable that averages gradients across workers in place (identity on one process),
+and the method calls it on whatever it is about to step with an optimizer.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Protocol
+
+import torch
+
+GradSync = Callable[[Iterable[torch.nn.Parameter]], None]
+
+
+def no_sync(params: Iterable[torch.nn.Parameter]) -> None:
+    """Single-process default: gradients are already the global ones."""
+
+
+@dataclass
+class Task:
+    """n images of one class (generation tasks); ``seed`` drives every random draw inside the step."""
+
+    images: torch.Tensor  # [n, C, H, W], float in [-1, 1]
+    label: int
+    seed: int
+
+
+@dataclass
+class Episode:
+    """An N-way K-shot Q-query classification task."""
+
+    support: torch.Tensor  # [N, K, C, H, W]
+    query: torch.Tensor  # [N, Q, C, H, W]
+    classes: list[int]
+    seed: int
+
+
+class Sampler(Protocol):
+    """What an adapted model offers: fresh images of the class it was adapted to."""
+
+    def sample(self, n: int, seed: int) -> torch.Tensor: ...
+
+
+class Method(abc.ABC):
+    """Build from a config, meta-train on tasks, adapt on an unseen class's shots, generate.
+
+    ``default_config`` is the full set of keys a user may override with ``--set``;
+    every method's config has ``shots`` (images given for adaptation at evaluation).
+    """
+
+    name: ClassVar[str]
+    default_config: ClassVar[dict[str, Any]]
+
+    def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
+        self.config = {**self.default_config, **config}
+        self.image_shape = tuple(image_shape)
+        self.device = torch.device(device)
+
+    @abc.abstractmethod
+    def meta_train_step(self, tasks: list[Task], sync: GradSync = no_sync) -> dict[str, float]:
+        """One meta-update from this worker's tasks; returns scalar losses for logging."""
+
+    @abc.abstractmethod
+    def adapt(self, shots: torch.Tensor, seed: int, steps: int | None = None) -> Sampler:
+        """Few-shot adaptation on [k, C, H, W] shots without touching the meta-parameters."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Every meta-parameter (used to check workers stay in sync)."""
