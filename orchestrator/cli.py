@@ -1,0 +1,117 @@
+"""``python -m orchestrator {train,evaluate,generate}``.
+
+Heavy imports (torch, Ray, MLflow) happen inside the commands, so ``--help`` and input
+errors answer quickly. A ``UserError`` becomes one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the usage too)
+        raise UserError(f"{message} (see python -m orchestrator {self.prog.split()[-1]} --help)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///./mlflow.db, or $MLFLOW_TRACKING_URI)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="orchestrator", description="Few-shot image generation experiments on Ray, tracked in MLflow.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="meta-train a method under Ray Train, then evaluate it on novel classes")
+    t.add_argument("method", nargs="?", help="method key, e.g. figr")
+    t.add_argument("--dataset", help="digits (default, no download), omniglot, mnist, fashion-mnist, folder")
+    t.add_argument("--data-root", help="local folder holding the dataset's files")
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB")
+    t.add_argument("--steps", type=int, help="meta-training steps (default 300 unless --budget-minutes)")
+    t.add_argument("--budget-minutes", type=float, help="wall-clock budget of meta-training")
+    t.add_argument("--seed", type=int, help="task-sampling seed")
+    t.add_argument("--split-seed", type=int, help="seed of the base/val/novel class split")
+    t.add_argument("--workers", type=int, default=1, help="Ray Train workers (data-parallel)")
+    t.add_argument("--cpus-per-worker", type=float, default=1)
+    t.add_argument("--gpus-per-worker", type=float, default=0, help="> 0 trains on GPUs with NCCL")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config value")
+    t.add_argument("--experiment", default=None, help="MLflow experiment name")
+    t.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    t.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for fid_inception")
+    t.add_argument("--max-failures", type=int, default=1, help="worker failures survived (restart from checkpoint)")
+    t.add_argument("--resume", metavar="RUN_ID", help="continue a train run from its last checkpoint")
+    _common(t)
+
+    e = sub.add_parser("evaluate", help="run the evaluation protocol on a train run's novel classes")
+    e.add_argument("run_id")
+    e.add_argument("--eval-seed", type=int, help="seed of the shots permutation and sampling")
+    e.add_argument("--n-generate", type=int, help="images generated per novel class (default 128)")
+    e.add_argument("--inception-weights")
+    _common(e)
+
+    g = sub.add_parser("generate", help="adapt a trained run on your images and write new ones")
+    g.add_argument("run_id")
+    g.add_argument("--images", nargs="+", required=True, help="a few images of one new class")
+    g.add_argument("--n", type=int, default=16)
+    g.add_argument("--out", type=Path, default=Path("grid.png"))
+    g.add_argument("--save-images", type=Path, help="also write each image into this folder")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--adapt-steps", type=int, help="adaptation steps (default: the run's)")
+    _common(g)
+    return ap
+
+
+def _dispatch(args: argparse.Namespace) -> dict:
+    from orchestrator import pipeline, tracking
+
+    uri = args.tracking_uri or tracking.default_tracking_uri()
+    if args.command == "train":
+        if not args.method:
+            import methods
+
+            raise UserError(f"which method? e.g. python -m orchestrator train figr ({', '.join(methods.available())})")
+        steps = args.steps
+        if steps is None and args.budget_minutes is None:
+            steps = 300
+        overrides = {"dataset": args.dataset, "data_root": args.data_root, "image_size": args.image_size,
+                     "channels": args.channels, "steps": steps if steps is not None else 0,
+                     "budget_minutes": args.budget_minutes, "seed": args.seed, "split_seed": args.split_seed}
+        if args.resume:
+            overrides = {"steps": args.steps, "budget_minutes": args.budget_minutes}
+        return pipeline.run_train(args.method, overrides, args.set, workers=args.workers,
+                                  cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                                  uri=uri, experiment=args.experiment or tracking.DEFAULT_EXPERIMENT,
+                                  address=args.address, inception_weights=args.inception_weights,
+                                  max_failures=args.max_failures, resume=args.resume)
+    if args.command == "evaluate":
+        return pipeline.run_evaluate(args.run_id, uri=uri, seed=args.eval_seed, n_generate=args.n_generate,
+                                     inception_weights=args.inception_weights)
+    return pipeline.run_generate(args.run_id, args.images, uri=uri, n=args.n, out=args.out, seed=args.seed,
+                                 save_images=args.save_images, steps=args.adapt_steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        out = _dispatch(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the MLflow run is marked FAILED; continue it with train --resume RUN_ID",
+              file=sys.stderr)
+        return 130
+    if args.json:
+        from orchestrator.pipeline import print_json
+
+        print_json(out)
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0

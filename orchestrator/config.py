@@ -1,0 +1,79 @@
+"""Resolved run configuration: harness defaults + the method's defaults + ``--set`` overrides.
+
+One flat dict, so every value is one ``--set key=value`` away and logs to MLflow as a param.
+Types come from the defaults; a value that does not parse as that type is a user error.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.errors import UserError
+
+# Keys the harness owns (method keys come from ``Method.default_config``).
+HARNESS_DEFAULTS: dict[str, Any] = {
+    "dataset": "digits",
+    "data_root": "",
+    "image_size": 32,
+    "channels": 1,
+    "split_seed": 0,
+    "n_val": 0,  # 0 = the dataset's conventional split
+    "n_novel": 0,
+    "seed": 0,  # task sampling seed
+    "tasks_per_worker": 1,
+    "steps": 0,  # 0 = no step limit (then budget_minutes must be set)
+    "budget_minutes": 0.0,
+    "log_every": 10,
+    "eval_every": 100,  # validation-class evaluation + checkpoint, in meta-steps
+    "val_generate": 64,  # images per validation class at checkpoint selection
+    "n_generate": 128,  # images per novel class in the final evaluation
+    "eval_seed": 0,
+    "select_metric": "val_fid",  # lower is better; checkpoints are chosen on validation classes
+}
+
+_NONE_DEFAULT_TYPES = (int, float, str)
+
+
+def parse_value(key: str, raw: str, default: Any) -> Any:
+    """Parse ``raw`` as the type of ``default``; UserError names the key, the type and the fix."""
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+    else:
+        try:
+            if isinstance(default, int):
+                return int(raw)
+            if isinstance(default, float):
+                return float(raw)
+            if isinstance(default, str):
+                return raw
+        except ValueError:
+            pass
+    kind = type(default).__name__
+    raise UserError(f"--set {key}={raw}: expected a {kind} (like {key}={default!r}); fix the value")
+
+
+def apply_overrides(config: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings to a copy of ``config``; unknown keys are refused with the valid ones."""
+    out = dict(config)
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item}: expected key=value, e.g. --set inner_lr=1e-4")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in out:
+            near = ", ".join(sorted(out))
+            raise UserError(f"--set {key}: unknown config key; valid keys are: {near}")
+        out[key] = parse_value(key, raw, out[key])
+    return out
+
+
+def resolve(method_defaults: dict[str, Any], overrides: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Harness defaults, then the method's, then CLI flags (``overrides``), then ``--set``."""
+    clash = set(HARNESS_DEFAULTS) & set(method_defaults)
+    assert not clash, f"method config keys clash with the harness's: {clash}"
+    config = {**HARNESS_DEFAULTS, **method_defaults}
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    return apply_overrides(config, sets)

@@ -1,0 +1,63 @@
+"""What the harness adds around a method when it runs on several Ray Train workers.
+
+Reptile-style methods set ``.grad`` by hand (Φ − W), not through ``backward()``, so DDP's
+backward hooks never fire for them. The harness therefore averages gradients itself with
+one flat ``all_reduce`` (hand-written because no library offers "average these .grad
+tensors"); a method calls it before each optimizer step and never learns the world size.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+
+from methods.base import GradSync, no_sync
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def grad_sync() -> GradSync:
+    """Mean of every given parameter's ``.grad`` over all workers, in place (identity on one)."""
+    _, size = world()
+    if size == 1:
+        return no_sync
+
+    def sync(params: Iterable[torch.nn.Parameter]) -> None:
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= size
+        offset = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+    return sync
+
+
+def any_true(flag: bool, device: torch.device) -> bool:
+    """True on every worker if it is true on any (so all stop at the same step)."""
+    _, size = world()
+    if size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def broadcast_params(params: list[torch.nn.Parameter]) -> None:
+    """Start every worker from rank 0's parameters."""
+    _, size = world()
+    if size == 1:
+        return
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)

@@ -1,0 +1,34 @@
+"""Shared fixtures: where the real datasets live, and a local Ray that is shut down after."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# One setting, defaulting to the checkout's sibling ../shared/datasets (CI's clone finds it too).
+DATA_ROOT = Path(os.environ.get("FSIG_DATASETS", REPO.parent / "shared" / "datasets")).resolve()
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    assert DATA_ROOT.is_dir(), f"datasets not found at {DATA_ROOT}; set FSIG_DATASETS"
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One real local Ray for the session (Ray's own docs recommend sharing it across tests)."""
+    import ray
+
+    tmp = Path("/tmp") / f"rt{os.getpid()}"  # Ray wants a short temp path (socket names)
+    tmp.mkdir(exist_ok=True)
+    os.environ["RAY_TMPDIR"] = str(tmp)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
+    yield ray
+    ray.shutdown()
