@@ -27,7 +27,7 @@ HARNESS_DEFAULTS: dict[str, Any] = {
     "val_generate": 64,  # images per validation class at checkpoint selection
     "n_generate": 128,  # images per novel class in the final evaluation
     "eval_seed": 0,
-    "select_metric": "val_fid",  # lower is better; checkpoints are chosen on validation classes
+    "select_metric": "val_fid_domain",  # chosen on validation classes; class_hit: higher is better; "last": latest
 }
 
 _NONE_DEFAULT_TYPES = (int, float, str)

@@ -154,6 +154,8 @@ def fit(method: str, cfg: dict[str, Any], ds, split, val_features, *, run_id: st
     from ray.train.torch import TorchTrainer
 
     select = cfg["select_metric"]
+    scoring = {} if select == "last" else {
+        "checkpoint_score_attribute": select, "checkpoint_score_order": "max" if higher_is_better(select) else "min"}
     resources = {"CPU": cpus_per_worker}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
@@ -169,18 +171,16 @@ def fit(method: str, cfg: dict[str, Any], ds, split, val_features, *, run_id: st
         run_config=RunConfig(
             name=name, storage_path=str(storage_path),
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=3, checkpoint_score_attribute=select,
-                checkpoint_score_order="max" if higher_is_better(select) else "min"),
+            checkpoint_config=CheckpointConfig(num_to_keep=3, **scoring),
         ),
     )
     return trainer.fit()
 
 
 def best_checkpoint(result, metric: str):
-    """The checkpoint chosen on validation classes (never novel ones); the latest if none scored."""
+    """The checkpoint chosen on validation classes (never novel ones); ``last`` (or none scored): the latest."""
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
-    if not scored:
+    if metric == "last" or not scored:
         return result.checkpoint, dict(result.metrics or {})
     pick = max if higher_is_better(metric) else min
     return pick(scored, key=lambda cm: cm[1][metric])

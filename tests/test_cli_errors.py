@@ -1,0 +1,83 @@
+"""Every bad input gets one line naming the problem and the fix, exit 2, no traceback,
+and a run already in MLflow comes out of it untouched."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orchestrator import tracking
+from orchestrator.cli import main
+from tests.conftest import REPO
+
+
+@pytest.fixture()
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_run(uri, "errors", "kept", {"inner_lr": 0.001}, {"method": "figr"})
+    tracking.log_metrics(uri, run_id, {"fid_domain": 3.5}, step=7)
+    tracking.end_run(uri, run_id)
+    return uri, run_id
+
+
+def folder_dataset(root, sizes: dict[str, int], corrupt: str | None = None):
+    rng = np.random.default_rng(0)
+    for cls, n in sizes.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    if corrupt:
+        (root / corrupt).write_bytes(b"not a png at all")
+    return root
+
+
+def cases(tmp_path, data_root):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    small = folder_dataset(tmp_path / "small", {f"c{i}": 12 for i in range(9)} | {"tiny": 3})
+    broken = folder_dataset(tmp_path / "broken", {f"c{i}": 12 for i in range(10)}, corrupt="c3/bad.png")
+    return {
+        "unknown method": (["train", "nosuch"], "nosuch"),
+        "unknown dataset": (["train", "figr", "--dataset", "imagenet9"], "imagenet9"),
+        "missing data root": (["train", "figr", "--dataset", "omniglot", "--data-root", str(tmp_path / "no")],
+                              "does not exist"),
+        "empty data root": (["train", "figr", "--dataset", "omniglot", "--data-root", str(empty)], str(empty)),
+        "class too small": (["train", "figr", "--dataset", "folder", "--data-root", str(small)], "tiny"),
+        "unreadable image": (["train", "figr", "--dataset", "folder", "--data-root", str(broken)], "bad.png"),
+        "unknown --set key": (["train", "figr", "--set", "inner_lrr=0.1"], "inner_lrr"),
+        "wrong --set type": (["train", "figr", "--set", "inner_steps=ten"], "inner_steps"),
+        "bad --set syntax": (["train", "figr", "--set", "inner_steps"], "key=value"),
+        "no such run (evaluate)": (["evaluate", "0123456789abcdef"], "0123456789abcdef"),
+        "no such run (generate)": (["generate", "0123456789abcdef", "--images", "a.png"], "0123456789abcdef"),
+        "bad flag": (["train", "figr", "--workers", "two"], "--workers"),
+    }
+
+
+def test_each_bad_input_is_one_line_exit_2_and_store_untouched(tmp_path, data_root, store, capsys):
+    uri, run_id = store
+    before = tracking.get_run(uri, run_id)
+    for name, (argv, needle) in cases(tmp_path, data_root).items():
+        code = main([*argv, "--tracking-uri", uri])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, name
+        assert err.startswith("error: ") and "\n" not in err, (name, err)
+        assert needle in err, (name, err)
+        assert "Traceback" not in err
+    after = tracking.get_run(uri, run_id)
+    assert after.data.params == before.data.params and after.data.metrics == before.data.metrics
+    assert after.info.status == "FINISHED"
+    runs = tracking.client(uri).search_runs([before.info.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+
+
+def test_real_process_exit_status_and_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "train", "figr", "--set", "nope=1",
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr and "Traceback" not in proc.stderr
