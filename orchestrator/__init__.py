@@ -1,0 +1,1 @@
+"""Experiment orchestrator for few-shot image generation: CLI, data, evaluation, Ray, MLflow."""

@@ -1,0 +1,471 @@
+"""Class-indexed image datasets: every loader returns one ``ClassDataset`` of uint8 images.
+
+Why one in-memory shape: splits, samplers and evaluation index images by class many times a
+step, so each loader decodes once, resizes to ``image_size`` once, and keeps uint8 (70k MNIST
+images at 32x32 are 72 MB). ``get`` converts to float in [-1, 1] only for the images asked for.
+
+Pixel conventions are each dataset's own, not harmonised: ``digits``, ``mnist`` and
+``fashion-mnist`` are light ink/object on black; ``omniglot`` is NOT inverted and stays dark ink
+on a white background, as the PNGs are drawn; ``folder`` keeps the photos' colours.
+
+Downloads: only when ``root`` is None, ``mnist``/``fashion-mnist``/``omniglot`` try torchvision's
+download into ``$FSIG_CACHE/datasets`` (default ``~/.cache/fsig/datasets``); a failure (e.g. no
+network) is a ``UserError``. A given ``root`` is read as it lies and never written to.
+
+Caching: Omniglot decodes in about a second for 5k images (the full 32k set in a few seconds),
+so it is not cached. ``folder`` datasets (e.g. CUB-200, 11,788 JPEGs) are cached as an ``.npz``
+under ``$FSIG_CACHE`` keyed by the file list (paths, sizes, mtimes), ``image_size`` and
+``channels``, since every Ray worker loads the dataset; an unwritable cache is skipped.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import struct
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from orchestrator.errors import UserError
+
+DATASET_NAMES = ("digits", "omniglot", "mnist", "fashion-mnist", "folder")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+OMNIGLOT_SPLITS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
+_CACHE_VERSION = 1
+
+
+@dataclass(eq=False)
+class ClassDataset:
+    """All images of a dataset in memory, indexed by class (equality is identity: images are big)."""
+
+    name: str
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: np.ndarray  # int64 [N], 0..num_classes-1
+    class_names: list[str]
+    class_groups: list[str]
+    default_novel_groups: list[str] | None = None
+    _by_class: list[np.ndarray] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if len(self.class_groups) != len(self.class_names):
+            raise ValueError("class_groups must give one group per class")
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.searchsorted(self.labels[order], np.arange(len(self.class_names) + 1))
+        self._by_class = [np.sort(order[bounds[c]:bounds[c + 1]]) for c in range(len(self.class_names))]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image, what a method is built for."""
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    def class_indices(self, c: int) -> np.ndarray:
+        """Sorted indices (into ``images``) of class ``c``'s images."""
+        return self._by_class[c]
+
+    def get(self, idx: Sequence[int] | np.ndarray | torch.Tensor | int) -> torch.Tensor:
+        """Images ``idx`` as float32 in [-1, 1], shape [len(idx), C, H, W] (an int gives [1, C, H, W])."""
+        if isinstance(idx, (int, np.integer)):
+            idx = [int(idx)]
+        index = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return self.images[index].float().div_(127.5).sub_(1.0)
+
+    def class_images(self, c: int) -> torch.Tensor:
+        """Every image of class ``c``, float32 in [-1, 1]."""
+        return self.get(self.class_indices(c))
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+
+
+def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32, channels: int = 1) -> ClassDataset:
+    """Load dataset ``name`` resized to ``image_size`` square with ``channels`` (1 or 3) channels."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key == "fashionmnist":
+        key = "fashion-mnist"
+    if key not in DATASET_NAMES:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
+    if not isinstance(image_size, int) or image_size < 8:
+        raise UserError(f"image size {image_size!r} is too small: pass an image size of at least 8")
+    if channels not in (1, 3):
+        raise UserError(f"channels must be 1 or 3, got {channels!r}: pass channels 1 (grayscale) or 3 (RGB)")
+    root_path = None if root is None else Path(root).expanduser()
+    if root_path is not None and key != "digits" and not root_path.is_dir():
+        raise UserError(f"data root {root_path} does not exist: pass --data-root pointing at {_what_root_holds(key)}")
+    if key == "digits":
+        return _load_digits(image_size, channels)
+    if key in ("mnist", "fashion-mnist"):
+        return _load_mnist(key, root_path, image_size, channels)
+    if key == "omniglot":
+        return _load_omniglot(root_path, image_size, channels)
+    return _load_folder(root_path, image_size, channels)
+
+
+def _what_root_holds(key: str) -> str:
+    return {
+        "mnist": "a folder holding the MNIST IDX files (train-images-idx3-ubyte.gz ...)",
+        "fashion-mnist": "a folder holding the Fashion-MNIST IDX files (in fashion-mnist/ or FashionMNIST/raw/)",
+        "omniglot": "a folder holding the omniglot archives (images_background*.zip)",
+        "folder": "a folder of class sub-folders of images (root/<class>/*.png)",
+    }[key]
+
+
+def cache_dir() -> Path:
+    """Where downloads and decoded caches go: ``$FSIG_CACHE`` or ``~/.cache/fsig``."""
+    return Path(os.environ.get("FSIG_CACHE") or Path.home() / ".cache" / "fsig").expanduser()
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _resize_uint8(x: torch.Tensor, size: int, batch: int = 8192) -> torch.Tensor:
+    """Bilinear resize of uint8 [N, C, h, w] to [N, C, size, size] in batches (low peak memory)."""
+    if x.shape[-2:] == (size, size):
+        return x.contiguous()
+    antialias = size < max(x.shape[-2:])  # only downsampling aliases
+    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
+    for i in range(0, x.shape[0], batch):
+        y = F.interpolate(x[i:i + batch].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+        out[i:i + batch] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grayscale [N, 1, H, W] replicated to 3 channels when RGB is asked for."""
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1 and channels == 3:
+        return x.repeat(1, 3, 1, 1)
+    raise ValueError(f"cannot turn {x.shape[1]} channels into {channels}")
+
+
+def _decode_many(items: Sequence[tuple[str, Callable[[], bytes | Path]]], convert: Callable, what: str) -> list[np.ndarray]:
+    """Decode images in a thread pool (PIL releases the GIL); a bad file is a UserError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    def one(item: tuple[str, Callable[[], bytes | Path]]) -> np.ndarray:
+        label, read = item
+        try:
+            src = read()
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
+                im.load()
+                return convert(im)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f"cannot read image {label} ({type(e).__name__}: {e}): remove or replace this {what} file") from None
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    if len(items) < 64 or workers == 1:
+        return [one(it) for it in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, items, chunksize=64))
+
+
+def _pil_square(image_size: int, channels: int, crop: bool) -> Callable:
+    """PIL image -> uint8 [C, S, S]; ``crop``: shorter side to S then centre crop, else plain resize."""
+    from PIL import Image
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+    resize = Resize(image_size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    center = CenterCrop(image_size)
+    mode = "L" if channels == 1 else "RGB"
+
+    def convert(im: "Image.Image") -> np.ndarray:
+        if im.mode in ("P", "PA", "LA", "RGBA") and mode == "RGB":
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent -> white
+            im = Image.alpha_composite(bg, im)
+        im = im.convert(mode)
+        if crop:
+            im = center(resize(im))
+        else:
+            im = im.resize((image_size, image_size), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.uint8)
+        return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+    return convert
+
+
+def _dataset(name: str, images: torch.Tensor, labels: np.ndarray, class_names: list[str],
+             class_groups: list[str] | None = None, default_novel_groups: list[str] | None = None) -> ClassDataset:
+    return ClassDataset(name=name, images=images, labels=labels, class_names=list(class_names),
+                        class_groups=list(class_groups if class_groups is not None else class_names),
+                        default_novel_groups=default_novel_groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# digits (ships with scikit-learn: the no-download default)
+
+
+def _load_digits(image_size: int, channels: int) -> ClassDataset:
+    """sklearn's 1,797 8x8 handwritten digits, 0..16 scaled to 0..255, bilinear-upsampled."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8))[:, None]
+    x = _to_channels(_resize_uint8(x, image_size), channels)
+    return _dataset("digits", x, d.target.astype(np.int64), [str(i) for i in range(10)])
+
+
+# ----------------------------------------------------------------------------------------------
+# MNIST / Fashion-MNIST (IDX files)
+
+_IDX_FILES = {
+    "train_images": "train-images{sep}idx3-ubyte",
+    "train_labels": "train-labels{sep}idx1-ubyte",
+    "test_images": "t10k-images{sep}idx3-ubyte",
+    "test_labels": "t10k-labels{sep}idx1-ubyte",
+}
+_MNIST_DIRS = {
+    "mnist": ("MNIST/raw", "mnist", "MNIST", "."),
+    "fashion-mnist": ("FashionMNIST/raw", "fashion-mnist", "fashion_mnist", "FashionMNIST", "."),
+}
+_FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _find_idx(folder: Path) -> dict[str, Path]:
+    """The IDX files present in ``folder`` (gzipped or raw, ``-`` or ``.`` before idx)."""
+    found = {}
+    for key, pattern in _IDX_FILES.items():
+        for sep in ("-", "."):
+            for suffix in (".gz", ""):
+                p = folder / (pattern.format(sep=sep) + suffix)
+                if p.is_file():
+                    found[key] = p
+                    break
+            if key in found:
+                break
+    return found
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse one IDX file (big-endian header, uint8 payload)."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            data = f.read()
+        got, = struct.unpack(">I", data[:4])
+        if got != magic:
+            raise ValueError(f"magic number {got:#x}, expected {magic:#x}")
+        ndim = magic & 0xFF
+        shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        if arr.size != int(np.prod(shape)):
+            raise ValueError(f"{arr.size} values for shape {shape}")
+        return arr.reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error, zlib.error) as e:
+        raise UserError(f"cannot read IDX file {path} ({e}): remove or replace it with the upstream file") from None
+
+
+def _load_mnist(key: str, root: Path | None, image_size: int, channels: int) -> ClassDataset:
+    """MNIST or Fashion-MNIST, train+test together (70,000 images) as one class-indexed set."""
+    if root is None:
+        root = cache_dir() / "datasets"
+        folder = _mnist_folder(key, root)
+        if folder is None:
+            _download_torchvision(key, root)
+            folder = _mnist_folder(key, root)
+    else:
+        folder = _mnist_folder(key, root)
+    if folder is None:
+        looked = ", ".join(str(root / d) for d in _MNIST_DIRS[key])
+        raise UserError(f"no {key} IDX files found (looked in {looked}): pass --data-root pointing at "
+                        f"{_what_root_holds(key)}")
+    files = _find_idx(folder)
+    missing = [_IDX_FILES[k].format(sep="-") for k in _IDX_FILES if k not in files]
+    if missing:
+        raise UserError(f"{key} files missing in {folder}: {', '.join(missing)}: add them (gzipped or raw) to that folder")
+    xs = [_read_idx(files["train_images"], 0x803), _read_idx(files["test_images"], 0x803)]
+    ys = [_read_idx(files["train_labels"], 0x801), _read_idx(files["test_labels"], 0x801)]
+    for x, y, k in ((xs[0], ys[0], "train"), (xs[1], ys[1], "test")):
+        if len(x) != len(y):
+            raise UserError(f"{key} {k} images ({len(x)}) and labels ({len(y)}) differ in count in {folder}: replace them with the upstream files")
+    x = torch.from_numpy(np.concatenate(xs))[:, None]
+    y = np.concatenate(ys).astype(np.int64)
+    x = _to_channels(_resize_uint8(x, image_size), channels)
+    names = [str(i) for i in range(10)] if key == "mnist" else list(_FASHION_NAMES)
+    return _dataset(key, x, y, names)
+
+
+def _mnist_folder(key: str, root: Path) -> Path | None:
+    """First candidate layout under ``root`` holding any IDX file (the caller reports missing ones)."""
+    for d in _MNIST_DIRS[key]:
+        folder = root / d
+        if folder.is_dir() and _find_idx(folder):
+            return folder
+    return None
+
+
+def _download_torchvision(key: str, root: Path) -> None:
+    """Fetch with torchvision into our cache; any failure (no network) is a UserError."""
+    try:
+        import torchvision.datasets as tvd
+
+        root.mkdir(parents=True, exist_ok=True)
+        if key == "mnist":
+            tvd.MNIST(str(root), train=True, download=True)
+            tvd.MNIST(str(root), train=False, download=True)
+        elif key == "fashion-mnist":
+            tvd.FashionMNIST(str(root), train=True, download=True)
+            tvd.FashionMNIST(str(root), train=False, download=True)
+        else:
+            tvd.Omniglot(str(root), background=True, download=True)
+            tvd.Omniglot(str(root), background=False, download=True)
+    except Exception as e:  # noqa: BLE001 - network, disk, checksum: all mean "bring your own copy"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"no local {key} data and the download into {root} failed ({msg}): pass --data-root pointing at "
+                        f"{_what_root_holds(key)}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Omniglot
+
+
+def _omniglot_sources(root: Path) -> list[tuple[str, str, Path]]:
+    """(split, kind 'dir'|'zip', path) for each split present; an extracted folder wins over its zip."""
+    sources = []
+    for base in (root, root / "omniglot", root / "omniglot-py"):
+        if not base.is_dir():
+            continue
+        for split in OMNIGLOT_SPLITS:
+            if any(s == split for s, _, _ in sources):
+                continue
+            if (base / split).is_dir():
+                sources.append((split, "dir", base / split))
+            elif (base / f"{split}.zip").is_file():
+                sources.append((split, "zip", base / f"{split}.zip"))
+    return sources
+
+
+def _load_omniglot(root: Path | None, image_size: int, channels: int) -> ClassDataset:
+    """Every Omniglot split present, merged and de-duplicated by Alphabet/character and file name.
+
+    Images are resized with PIL bilinear from 105x105 and kept dark-ink-on-white (not inverted).
+    """
+    if root is None:
+        root = cache_dir() / "datasets"
+        if not _omniglot_sources(root):
+            _download_torchvision("omniglot", root)
+    sources = _omniglot_sources(root)
+    if not sources:
+        raise UserError(f"no omniglot archives found in {root} (nor {root / 'omniglot'}): pass --data-root pointing at "
+                        f"{_what_root_holds('omniglot')}")
+    items: dict[tuple[str, str, str], tuple[str, Callable[[], bytes | Path]]] = {}
+    evaluation: set[str] = set()
+    for split, kind, path in sources:
+        for alphabet, char, fname, label, read in _omniglot_entries(kind, path):
+            if split == "images_evaluation":
+                evaluation.add(alphabet)
+            items.setdefault((alphabet, char, fname), (label, read))
+    if not items:
+        raise UserError(f"the omniglot archives in {root} hold no PNG images: replace them with the upstream archives")
+    keys = sorted(items)
+    class_keys = sorted({(a, c) for a, c, _ in keys})
+    class_of = {k: i for i, k in enumerate(class_keys)}
+    from PIL import Image
+
+    def convert(im: "Image.Image") -> np.ndarray:
+        # 1-bit PNG -> 8-bit gray first, so bilinear gives real gray levels at the stroke edges
+        return np.asarray(im.convert("L").resize((image_size, image_size), Image.BILINEAR), dtype=np.uint8)[None]
+
+    arrays = _decode_many([items[k] for k in keys], convert, "omniglot")
+    x = _to_channels(torch.from_numpy(np.stack(arrays)), channels)
+    labels = np.array([class_of[(a, c)] for a, c, _ in keys], dtype=np.int64)
+    return _dataset("omniglot", x, labels, [f"{a}/{c}" for a, c in class_keys], [a for a, _ in class_keys],
+                    sorted(evaluation) or None)
+
+
+def _omniglot_entries(kind: str, path: Path) -> Iterable[tuple[str, str, str, str, Callable[[], bytes | Path]]]:
+    """(alphabet, character, file name, label for errors, reader) for each PNG of one split."""
+    if kind == "dir":
+        for p in sorted(path.glob("*/*/*.png")):
+            yield p.parent.parent.name, p.parent.name, p.name, str(p), (lambda p=p: p)
+        return
+    try:
+        zf = zipfile.ZipFile(path)
+        names = zf.namelist()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot open omniglot archive {path} ({e}): remove or replace it with the upstream archive") from None
+    for n in names:
+        parts = n.split("/")
+        if len(parts) < 3 or not n.lower().endswith(".png") or parts[-1].startswith("."):
+            continue
+        data = zf.read(n)  # read here (one thread): decoding then runs in parallel
+        yield parts[-3], parts[-2], parts[-1], f"{path}:{n}", (lambda data=data: data)
+
+
+# ----------------------------------------------------------------------------------------------
+# folder of class sub-folders (CUB-200 images/, Animal Faces, FIGR-8, ...)
+
+
+def _load_folder(root: Path | None, image_size: int, channels: int) -> ClassDataset:
+    """root/<class>/<image>: one class per sub-folder (sorted by name), shorter side resized then centre-cropped."""
+    if root is None:
+        raise UserError(f"the folder dataset needs a data root: pass --data-root pointing at {_what_root_holds('folder')}")
+    classes: list[tuple[str, list[Path]]] = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
+                       and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if files:
+            classes.append((d.name, files))
+    if not classes:
+        raise UserError(f"no class sub-folders with images in {root}: pass --data-root pointing at "
+                        f"{_what_root_holds('folder')} (images directly in the root are not read)")
+    files = [f for _, fs in classes for f in fs]
+    labels = np.array([i for i, (_, fs) in enumerate(classes) for _ in fs], dtype=np.int64)
+    names = [n for n, _ in classes]
+    stats = [(str(f.relative_to(root)), *_stat(f)) for f in files]
+    key = hashlib.sha256(json.dumps([_CACHE_VERSION, str(root.resolve()), image_size, channels, stats]).encode()).hexdigest()[:24]
+    cache = cache_dir() / "decoded" / f"folder-{key}.npz"
+    x = _read_cache(cache, len(files))
+    if x is None:
+        arrays = _decode_many([(str(f), (lambda f=f: f)) for f in files], _pil_square(image_size, channels, crop=True), "image")
+        x = np.stack(arrays)
+        _write_cache(cache, x)
+    return _dataset("folder", torch.from_numpy(x), labels, names)
+
+
+def _stat(f: Path) -> tuple[int, int]:
+    s = f.stat()
+    return s.st_size, s.st_mtime_ns
+
+
+def _read_cache(path: Path, n: int) -> np.ndarray | None:
+    try:
+        with np.load(path) as z:
+            x = z["images"]
+        return x if len(x) == n and x.dtype == np.uint8 else None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _write_cache(path: Path, x: np.ndarray) -> None:
+    """Atomic write (temp file then rename): several Ray workers may load the same folder at once."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=x)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
