@@ -1,0 +1,255 @@
+"""FIGR: a WGAN-GP generator and critic meta-trained with Reptile (Clouâtre & Demers, 2019).
+
+Meta-training (the paper's Algorithm 1), per task tau of n images of one class: copy Phi (G and D)
+to W, run K inner iterations, each one SGD step of the critic on the WGAN-GP loss (real images
+vs. n fakes) followed by one SGD step of the generator on the Wasserstein loss; then set the
+gradient of every meta-parameter to Phi - W (averaged over this worker's tasks), let ``sync``
+average it across workers, and take one Adam step (one Adam for G, one for D, as the authors'
+code does). Generation for an unseen class (Algorithm 2): the same K inner iterations on its
+shots, on copies, then sample.
+
+Losses (Gulrajani et al. 2017, which the paper cites):
+  L_D = mean D(fake) - mean D(real) + gp_weight * mean_i (||grad_x D(x_i)||_2 - 1)^2
+  L_G = -mean D(G(z))
+with x_i = eps_i * real_i + (1 - eps_i) * fake_i, one eps_i ~ U[0, 1) per sample, and the
+gradient norm taken per sample over all of C x H x W.
+
+Where the paper and the authors' public code (github.com/OctThe16th/FIGR) disagree, and what
+this module does:
+- Learning rates. Paper Table 1: inner 1e-4, outer 1e-5. Public code: inner SGD 1e-3, outer
+  Adam 1e-4. Defaults follow the public code; the paper's values are
+  ``--set inner_lr=0.0001 --set outer_lr=0.00001``.
+- Outer Adam: the public code uses torch's default betas (0.9, 0.999); so do the defaults here.
+- Architecture. The paper names ResNet-18-style nets; the code defaults to a DCGAN-style net
+  (5x5 convs, width 64, nearest upsampling). Both are here (``arch=dcgan`` default, ``arch=resnet``),
+  built as in the authors' code (methods/nets.py): LayerNorm over C x H x W and PReLU everywhere.
+- Gradient penalty. The public code takes the norm over dim 1 only (the channels), i.e. one
+  norm per pixel; here the norm is per sample over C x H x W as WGAN-GP defines it.
+- Loss scale. The public code's critic loss is mean(D(x) * target) over the 2n real+fake scores
+  with targets +1/-1, i.e. (mean D(real) - mean D(fake)) / 2 (critic sign flipped, Wasserstein term
+  halved relative to the penalty); here the standard WGAN-GP form above is used.
+- z ~ N(0, I) with z_dim = 100 and n fakes per inner step (n = number of task images), as in the
+  public code.
+
+Determinism: every random draw inside a task's inner loop (z, eps) comes from a
+``torch.Generator`` seeded with ``task.seed``; each task starts from Phi and the per-task
+differences are accumulated in float64, so the update from tasks [t0..t3] on one process equals
+the worker-average of the updates from [t0, t1] and [t2, t3]. Initial weights depend only on
+``init_seed`` (built on the CPU under a forked RNG: the global RNG is left untouched).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods import register
+from methods.base import GradSync, Method, Task, no_sync
+from methods.nets import ARCHS, build_nets, check_image_shape
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+SAMPLE_CHUNK = 256
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """mean_i (||d critic / d x_i||_2 - 1)^2, x_i = eps_i real_i + (1 - eps_i) fake_i, norm over C x H x W.
+
+    Differentiable w.r.t. the critic's parameters (create_graph=True). ``eps`` has one entry per sample.
+    """
+    eps = eps.reshape(-1, *([1] * (real.dim() - 1)))
+    x = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+class FIGRSampler:
+    """An adapted generator: ``sample(n, seed)`` -> [n, C, H, W] in [-1, 1] on the CPU."""
+
+    def __init__(self, generator: nn.Module, z_dim: int, image_shape: tuple[int, int, int], device: torch.device):
+        self.generator = generator.eval()
+        self.z_dim = z_dim
+        self.image_shape = tuple(image_shape)
+        self.device = device
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int) -> torch.Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        z = torch.randn(int(n), self.z_dim, generator=gen, device=self.device)  # all at once: chunking never changes z
+        out = [self.generator(chunk).float().cpu() for chunk in z.split(SAMPLE_CHUNK)]
+        return torch.cat(out) if out else torch.empty(0, *self.image_shape)
+
+
+@register
+class FIGR(Method):
+    name = "figr"
+    default_config = {
+        "arch": "dcgan",  # "dcgan" (public code default) or "resnet" (the paper's ResNet-18-style nets)
+        "width": 64,  # base channel count of both nets (public code: 64)
+        "z_dim": 100,  # public code: 100
+        "shots": 4,  # n: images per task in meta-training and shots given at adaptation (8 on FIGR-8)
+        "inner_steps": 10,  # K
+        "inner_lr": 1e-3,  # public code; paper Table 1: 1e-4
+        "inner_optimizer": "sgd",  # "sgd" (paper and public code) or "adam" (fresh per task, betas (0, 0.999))
+        "outer_lr": 1e-4,  # public code; paper Table 1: 1e-5
+        "outer_beta1": 0.9,  # public code: torch's default Adam betas
+        "outer_beta2": 0.999,
+        "gp_weight": 10.0,
+        "adapt_steps": 10,  # inner iterations at test-time adaptation (Algorithm 2)
+        "init_seed": 0,
+    }
+
+    def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
+        super().__init__(config, image_shape, device)
+        cfg = self.config
+        self.arch = str(cfg["arch"])
+        if self.arch not in ARCHS:
+            raise ValueError(f"figr: unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        self.inner_optimizer = str(cfg["inner_optimizer"])
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"figr: unknown inner_optimizer {self.inner_optimizer!r}; choose one of {', '.join(INNER_OPTIMIZERS)}")
+        self.image_shape = check_image_shape(self.image_shape)
+        self.z_dim = int(cfg["z_dim"])
+        self.width = int(cfg["width"])
+        self.inner_steps = int(cfg["inner_steps"])
+        self.adapt_steps = int(cfg["adapt_steps"])
+        self.inner_lr = float(cfg["inner_lr"])
+        self.gp_weight = float(cfg["gp_weight"])
+        if self.inner_steps < 1 or self.adapt_steps < 0:
+            raise ValueError(f"figr: inner_steps must be >= 1 and adapt_steps >= 0, got {self.inner_steps}, {self.adapt_steps}")
+
+        with torch.random.fork_rng(devices=[]):  # built on the CPU from init_seed alone
+            torch.manual_seed(int(cfg["init_seed"]))
+            G, D = build_nets(self.arch, self.z_dim, self.image_shape, self.width)
+        self.G = G.to(self.device)
+        self.D = D.to(self.device)
+        betas = (float(cfg["outer_beta1"]), float(cfg["outer_beta2"]))
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=float(cfg["outer_lr"]), betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=float(cfg["outer_lr"]), betas=betas)
+        self._fast: tuple[nn.Module, nn.Module] | None = None  # reused per-task copies W (reloaded from Phi)
+
+    # ----------------------------------------------------------------- inner loop (Algorithms 1 and 2)
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        images = torch.as_tensor(images)
+        if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape or images.shape[0] < 1:
+            raise ValueError(f"figr: expected images [n>=1, {', '.join(map(str, self.image_shape))}], got {tuple(images.shape)}")
+        return images.to(self.device, torch.float32)
+
+    def _inner_loop(self, G: nn.Module, D: nn.Module, real: torch.Tensor, gen: torch.Generator, steps: int) -> dict[str, torch.Tensor]:
+        """``steps`` x (one critic step on WGAN-GP, one generator step on -mean D(G(z))) on G, D in place."""
+        n, dev = real.shape[0], real.device
+        g_params, d_params = list(G.parameters()), list(D.parameters())
+        if self.inner_optimizer == "adam":
+            opt_g = torch.optim.Adam(g_params, lr=self.inner_lr, betas=(0.0, 0.999))
+            opt_d = torch.optim.Adam(d_params, lr=self.inner_lr, betas=(0.0, 0.999))
+
+        def step(params: list[nn.Parameter], grads: tuple[torch.Tensor, ...], opt) -> None:
+            if self.inner_optimizer == "sgd":
+                with torch.no_grad():
+                    torch._foreach_add_(params, list(grads), alpha=-self.inner_lr)
+            else:
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+        totals = {k: torch.zeros((), device=dev) for k in ("d_loss", "g_loss", "gp", "wdist")}
+        for _ in range(steps):
+            # critic: fakes from a fresh z, interpolation eps per sample
+            z = torch.randn(n, self.z_dim, generator=gen, device=dev)
+            with torch.no_grad():
+                fake = G(z)
+            eps = torch.rand(n, generator=gen, device=dev)
+            scores = D(torch.cat([real, fake]))
+            wdist = scores[:n].mean() - scores[n:].mean()
+            gp = gradient_penalty(D, real, fake, eps)
+            d_loss = -wdist + self.gp_weight * gp
+            step(d_params, torch.autograd.grad(d_loss, d_params), opt_d if self.inner_optimizer == "adam" else None)
+            # generator: a fresh z, Wasserstein loss through the just-updated critic
+            z = torch.randn(n, self.z_dim, generator=gen, device=dev)
+            g_loss = -D(G(z)).mean()
+            step(g_params, torch.autograd.grad(g_loss, g_params), opt_g if self.inner_optimizer == "adam" else None)
+            for k, v in (("d_loss", d_loss), ("g_loss", g_loss), ("gp", gp), ("wdist", wdist)):
+                totals[k] += v.detach()
+        return totals
+
+    def _fast_nets(self) -> tuple[nn.Module, nn.Module]:
+        if self._fast is None:
+            self._fast = (copy.deepcopy(self.G), copy.deepcopy(self.D))
+        G, D = self._fast
+        G.load_state_dict(self.G.state_dict())
+        D.load_state_dict(self.D.state_dict())
+        return G, D
+
+    # ----------------------------------------------------------------- Method interface
+    def meta_train_step(self, tasks: list[Task], sync: GradSync = no_sync) -> dict[str, float]:
+        if not tasks:
+            raise ValueError("figr: meta_train_step needs at least one task per worker")
+        phi = self.parameters()
+        acc = [torch.zeros_like(p, dtype=torch.float64) for p in phi]
+        totals: dict[str, torch.Tensor] = {}
+        for task in tasks:
+            real = self._images(task.images)
+            G, D = self._fast_nets()  # W starts at Phi
+            gen = torch.Generator(device=self.device).manual_seed(int(task.seed))
+            for k, v in self._inner_loop(G, D, real, gen, self.inner_steps).items():
+                totals[k] = totals.get(k, 0) + v
+            with torch.no_grad():
+                for a, p, w in zip(acc, phi, list(G.parameters()) + list(D.parameters())):
+                    a.add_(p.double()).sub_(w.double())
+        with torch.no_grad():
+            for p, a in zip(phi, acc):
+                p.grad = a.div_(len(tasks)).to(p.dtype)
+        del acc
+        sync(phi)  # average the meta-gradient (Phi - W) across workers, in place
+        with torch.no_grad():
+            meta_grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in phi))
+        self.opt_G.step()
+        self.opt_D.step()
+        self.opt_G.zero_grad(set_to_none=True)
+        self.opt_D.zero_grad(set_to_none=True)
+        denom = len(tasks) * self.inner_steps
+        out = {k: float(v) / denom for k, v in totals.items()}
+        out["meta_grad_norm"] = float(meta_grad_norm)
+        return out
+
+    def adapt(self, shots: torch.Tensor, seed: int, steps: int | None = None) -> FIGRSampler:
+        steps = self.adapt_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"figr: adapt steps must be >= 0, got {steps}")
+        G, D = copy.deepcopy(self.G), copy.deepcopy(self.D)
+        if steps:
+            gen = torch.Generator(device=self.device).manual_seed(int(seed))
+            self._inner_loop(G, D, self._images(shots), gen, steps)
+        del D
+        for p in G.parameters():
+            p.requires_grad_(False)
+        return FIGRSampler(G, self.z_dim, self.image_shape, self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(
+            {
+                "arch": self.arch,
+                "width": self.width,
+                "z_dim": self.z_dim,
+                "image_shape": list(self.image_shape),
+                "G": self.G.state_dict(),
+                "D": self.D.state_dict(),
+                "opt_G": self.opt_G.state_dict(),
+                "opt_D": self.opt_D.state_dict(),
+            }
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = {"arch": self.arch, "width": self.width, "z_dim": self.z_dim, "image_shape": list(self.image_shape)}
+        theirs = {k: (list(state[k]) if k == "image_shape" else state[k]) for k in mine if k in state}
+        if any(theirs[k] != mine[k] for k in theirs):
+            raise ValueError(f"figr: checkpoint was built with {theirs}, this model with {mine}")
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.G.parameters()) + list(self.D.parameters())
