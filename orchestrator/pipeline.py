@@ -230,11 +230,11 @@ def load_images(paths: list[str], image_size: int, channels: int) -> torch.Tenso
 
 def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path, seed: int,
                  save_images: Path | None, steps: int | None) -> dict[str, Any]:
-    from orchestrator.evaluation import save_grid
-
     if n < 1:
         raise UserError(f"--n {n}: ask for at least one image")
     method, cfg, _, state = load_run(uri, run_id)
+    from orchestrator.evaluation import save_grid
+
     shots = load_images(images, int(cfg["image_size"]), int(cfg["channels"]))
     model = build_method(method, cfg, tuple(shots.shape[1:]))
     model.load_state_dict(state["state"])
