@@ -1,0 +1,244 @@
+"""The evaluation protocol on real digits: metrics, feature spaces (domain cache, offline Inception), controls.
+
+The "methods" here are two tiny test doubles of the Method interface (adapt/sample) that return
+real images, so the expected scores are known: no Ray, MLflow or pytorch-fid is mocked.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.data import load_dataset, make_split
+from orchestrator.evaluation import (FID_WEIGHTS_FILENAME, class_hit, diversity, domain_features, evaluate_generator,
+                                     fid, get_features, kid, mse_ssim, save_grid, split_shots)
+from orchestrator.evaluation import features as feat_mod
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_dataset("digits", image_size=32, channels=1)
+    return ds, make_split(ds, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dom(digits, tmp_path_factory):
+    ds, split = digits
+    return domain_features(ds, split, tmp_path_factory.mktemp("feat"))
+
+
+# ------------------------------------------------------------------------------ metrics ------
+
+def test_fid_zero_on_itself_and_grows_with_mean_shift():
+    x = np.random.default_rng(0).normal(size=(400, 16))
+    assert abs(fid(x, x)) < 1e-6
+    shifts = [fid(x, x + s) for s in (0.5, 1.0, 2.0)]
+    # pure mean shift s in every one of 16 dims: FID = 16 s^2 exactly
+    np.testing.assert_allclose(shifts, [16 * 0.25, 16 * 1.0, 16 * 4.0], rtol=1e-6)
+
+
+def test_kid_unbiased_near_zero_on_halves_positive_when_shifted():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 32))
+    same = kid(x[:300], x[300:])
+    shifted = kid(x[:300], x[300:] + 0.5)
+    assert abs(same) < 0.01, same
+    assert shifted > 0.2 and shifted > 20 * abs(same)
+    # the unbiased estimator is ~0 on small sets too (a biased one would be clearly positive here)
+    small = [kid(rng.normal(size=(20, 32)), rng.normal(size=(20, 32))) for _ in range(50)]
+    assert abs(np.mean(small)) < 0.02
+    # averaged over subsets when large: close to the all-data value
+    big_a, big_b = rng.normal(size=(1500, 8)), rng.normal(size=(1500, 8)) + 0.3
+    assert kid(big_a, big_b, subset_size=500, n_subsets=20) == pytest.approx(kid(big_a, big_b, subset_size=5000),
+                                                                             rel=0.15)
+
+
+def test_diversity_and_class_hit_by_hand():
+    a = np.array([[0.0, 0.0], [3.0, 4.0]])  # one pair, distance 5
+    b = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])  # distances 1, 2, 1 -> 4/3
+    assert diversity({0: a, 1: b}) == pytest.approx((5 + 4 / 3) / 2)
+    cents = np.array([[0.0, 0.0], [10.0, 0.0]])
+    gen = {0: np.array([[1.0, 0.0], [9.0, 0.0]]), 1: np.array([[8.0, 1.0], [7.0, 0.0], [2.0, 0.0]])}
+    assert class_hit(gen, cents) == pytest.approx(3 / 5)
+
+
+def test_mse_ssim_nearest_real(digits):
+    ds, split = digits
+    reals = ds.class_images(split.novel[0])
+    mse, ssim = mse_ssim(reals[:10], reals)  # every image's nearest real is itself
+    assert mse == pytest.approx(0.0, abs=1e-12) and ssim == pytest.approx(1.0)
+    noise = torch.rand(10, *ds.image_shape) * 2 - 1
+    mse_n, ssim_n = mse_ssim(noise, reals)
+    assert mse_n > 0.1 and ssim_n < 0.2
+
+
+# ------------------------------------------------------------------------------ features -----
+
+def test_domain_features_trained_once_on_base_only(digits, dom, tmp_path_factory, monkeypatch):
+    ds, split = digits
+    assert dom.kind == "domain" and dom.dim == 64
+    assert dom.classes == split.base and not set(dom.classes) & set(split.val + split.novel)
+    assert dom.net.net.head.out_features == len(split.base)
+    assert dom.base_accuracy > 0.9  # held-out base images
+    f = dom(ds.get(np.arange(5)))
+    assert f.shape == (5, 64) and np.isfinite(f).all()
+
+    calls = []
+    real_train = feat_mod.train_domain_classifier
+    monkeypatch.setattr(feat_mod, "train_domain_classifier", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    mtime = dom.source.stat().st_mtime_ns
+    again = domain_features(ds, split, dom.source.parent)  # cache hit: loads the file
+    assert calls == [] and dom.source.stat().st_mtime_ns == mtime
+    np.testing.assert_allclose(again(ds.get(np.arange(5))), f, rtol=1e-5, atol=1e-6)
+    other = make_split(ds, seed=1)  # another split is another classifier
+    assert feat_mod._domain_cache_path(dom.source.parent, feat_mod._domain_key(ds, other, 8, 0)) != dom.source
+
+
+def test_domain_classifier_sees_only_base_class_images(digits, tmp_path, monkeypatch):
+    ds, split = digits
+    seen: list[int] = []
+    real_get = ds.get
+    monkeypatch.setattr(ds, "get", lambda idx: seen.extend(np.asarray(idx).ravel().tolist()) or real_get(idx))
+    feats = domain_features(ds, split, tmp_path, epochs=1)
+    assert seen and set(ds.labels[seen]) == set(split.base)
+    assert pickle.loads(pickle.dumps(feats)).dim == 64  # shipped to Ray workers with ray.put
+
+
+def _write_random_fid_inception(path: Path) -> dict:
+    torch.manual_seed(0)
+    state = feat_mod.fid_inception_architecture().state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+def test_inception_loads_offline_from_explicit_file_and_hub_cache(digits, tmp_path, monkeypatch):
+    ds, split = digits
+    weights = tmp_path / "w" / "my_inception.pth"  # any name: linked under pytorch-fid's name
+    state = _write_random_fid_inception(weights)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))  # nothing cached there
+    hub_before = torch.hub.get_dir()
+    feats = get_features(ds, split, tmp_path / "cache", inception_weights=weights)
+    assert feats.kind == "inception" and feats.dim == 2048
+    assert torch.hub.get_dir() == hub_before  # hub dir restored
+    loaded = feats.net.inception.blocks[0][0].conv.weight  # Conv2d_1a_3x3: from our file, not a fresh init
+    assert torch.equal(loaded.cpu(), state["Conv2d_1a_3x3.conv.weight"])
+    out = feats(ds.get(np.arange(2)))  # grayscale 32x32 -> 3 x 299 x 299 inside
+    assert out.shape == (2, 2048) and np.isfinite(out).all()
+
+    # no explicit path: found in $TORCH_HOME/hub/checkpoints under pytorch-fid's file name
+    home = tmp_path / "torch_home"
+    os.makedirs(home / "hub" / "checkpoints")
+    os.link(weights, home / "hub" / "checkpoints" / FID_WEIGHTS_FILENAME)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    assert get_features(ds, split, tmp_path / "cache", inception_weights=None).kind == "inception"
+
+
+def test_missing_explicit_inception_weights_is_a_user_error(digits, tmp_path):
+    from orchestrator.errors import UserError
+
+    ds, split = digits
+    with pytest.raises(UserError, match="Inception weights not found"):
+        get_features(ds, split, tmp_path, inception_weights=tmp_path / "nope.pth")
+
+
+# ------------------------------------------------------------------------------ protocol -----
+
+class _Sampler:
+    def __init__(self, pool: torch.Tensor):
+        self.pool = pool
+
+    def sample(self, n: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return self.pool[torch.randint(len(self.pool), (n,), generator=g)]
+
+
+class RealImages:
+    """Test double of a method: 'generates' real images of the shots' class (found by exact match)."""
+
+    def __init__(self, ds, classes=None, wrong=False):
+        self.ds, self.classes, self.wrong = ds, classes, wrong
+        self.seen: list[tuple[torch.Tensor, int, int | None]] = []
+
+    def adapt(self, shots, seed, steps=None):
+        self.seen.append((shots.clone(), seed, steps))
+        hit = (self.ds.images == ((shots[:1] + 1) * 127.5).round().to(torch.uint8)).flatten(1).all(1)
+        c = int(self.ds.labels[int(hit.nonzero()[0])])
+        if self.wrong:  # random images from any of the evaluated classes: class hit ~ chance
+            return _Sampler(torch.cat([self.ds.class_images(k) for k in self.classes]))
+        return _Sampler(self.ds.class_images(c))
+
+
+class Noise:
+    def adapt(self, shots, seed, steps=None):
+        return self
+
+    def sample(self, n, seed):
+        return torch.rand(n, *self.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_seeded_shots_reproducible(digits):
+    ds, split = digits
+    c = split.novel[0]
+    a, ra = split_shots(ds, c, 4, seed=0)
+    b, rb = split_shots(ds, c, 4, seed=0)
+    assert np.array_equal(a, b) and np.array_equal(ra, rb)
+    assert set(a).isdisjoint(ra) and sorted(np.concatenate([a, ra])) == sorted(ds.class_indices(c))
+    assert not np.array_equal(split_shots(ds, c, 4, seed=1)[0], a)
+
+
+def test_protocol_real_generator_hits_and_controls(digits, dom, tmp_path):
+    ds, split = digits
+    classes = split.val + split.novel
+    noise = Noise(); noise.shape = ds.image_shape
+    real = RealImages(ds)
+    res = evaluate_generator(real, lambda: noise, ds, classes, dom, shots=4, n_generate=48, seed=3, adapt_steps=7,
+                             progress=False)
+    m = res.metrics
+    # real images of the right class score what the reals themselves score (the ceiling: features
+    # trained on base classes separate unseen digits well but not perfectly), far above chance
+    assert m["class_hit"] == pytest.approx(m["class_hit_real"], abs=0.05)
+    assert m["class_hit"] > 0.8 and m["chance"] == pytest.approx(1 / 3)
+    assert m["fid_domain"] < 0.5 * m["fid_domain_scratch"]  # real images beat noise by far
+    assert m["class_hit_scratch"] < 0.9
+    assert m["mse"] < 0.5 * m["mse_shots"] and m["ssim"] > m["ssim_shots"]  # mostly exact reals
+
+    # the method saw exactly the seeded shots, with the given steps, then steps=0 (unadapted)
+    shot_idx = {c: split_shots(ds, c, 4, seed=3)[0] for c in classes}
+    assert res.shot_indices == {c: list(v) for c, v in shot_idx.items()}
+    assert [s for _, _, s in real.seen] == [7, 0] * len(classes)
+    assert torch.equal(real.seen[0][0], ds.get(shot_idx[classes[0]]))
+
+    # the shots control is the shots repeated to n_generate, scored against the same reals
+    reals = np.concatenate([dom(ds.get(split_shots(ds, c, 4, seed=3)[1])) for c in classes])
+    reps = np.concatenate([dom(ds.get(shot_idx[c]).repeat(12, 1, 1, 1)) for c in classes])
+    assert m["fid_domain_shots"] == pytest.approx(fid(reps, reals), rel=1e-6)
+    assert m["kid_domain_shots"] == pytest.approx(kid(reps, reals), rel=1e-6, abs=1e-9)
+    assert m["fid_domain_real"] < m["fid_domain_scratch"]
+
+    # sample grid: shots + 8 generated per class row
+    assert res.grid_nrow == 12 and res.grid.shape == (3 * 12, *ds.image_shape)
+    assert res.grid.min() >= -1 and res.grid.max() <= 1
+    png = save_grid(res.grid, tmp_path / "g" / "grid.png", nrow=res.grid_nrow)
+    assert png.stat().st_size > 500
+
+    # same seed -> same numbers
+    again = evaluate_generator(RealImages(ds), lambda: noise, ds, classes, dom, shots=4, n_generate=48, seed=3,
+                               adapt_steps=7, progress=False)
+    assert again.metrics == m
+
+
+def test_protocol_wrong_class_generator_at_chance_and_cheap_path(digits, dom):
+    ds, split = digits
+    classes = split.val + split.novel
+    res = evaluate_generator(RealImages(ds, classes, wrong=True), None, ds, classes, dom, shots=4, n_generate=96,
+                             seed=0, controls=False, progress=False)
+    m = res.metrics
+    assert abs(m["class_hit"] - 1 / 3) < 0.12
+    # controls=False: only the adapted scores (used for checkpoint selection on validation classes)
+    assert {"fid_domain", "kid_domain", "class_hit"} <= set(m)
+    assert not any(k.endswith(("_scratch", "_unadapted", "_shots", "_real")) or k in ("mse", "ssim") for k in m)
