@@ -23,6 +23,9 @@ this module does:
 - Architecture. The paper names ResNet-18-style nets; the code defaults to a DCGAN-style net
   (5x5 convs, width 64, nearest upsampling). Both are here (``arch=dcgan`` default, ``arch=resnet``),
   built as in the authors' code (methods/nets.py): LayerNorm over C x H x W and PReLU everywhere.
+  Width: the public code's is 64 (``--set width=64``, ~18M parameters a net, ~20 s a task on one
+  CPU thread); the default here is 16 (~1 s a task), so a 10-minute CPU run makes the ~600
+  meta-steps the brief's calibration used. On GPUs, use 64.
 - Gradient penalty. The public code takes the norm over dim 1 only (the channels), i.e. one
   norm per pixel; here the norm is per sample over C x H x W as WGAN-GP defines it.
 - Loss scale. The public code's critic loss is mean(D(x) * target) over the 2n real+fake scores
@@ -86,7 +89,7 @@ class FIGR(Method):
     name = "figr"
     default_config = {
         "arch": "dcgan",  # "dcgan" (public code default) or "resnet" (the paper's ResNet-18-style nets)
-        "width": 64,  # base channel count of both nets (public code: 64)
+        "width": 16,  # base channel count of both nets (public code: 64; see the module docstring)
         "z_dim": 100,  # public code: 100
         "shots": 4,  # n: images per task in meta-training and shots given at adaptation (8 on FIGR-8)
         "inner_steps": 10,  # K

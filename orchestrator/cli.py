@@ -72,7 +72,7 @@ def _dispatch(args: argparse.Namespace) -> dict:
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
     if args.command == "train":
-        if not args.method:
+        if not args.method and not args.resume:
             import methods
 
             raise UserError(f"which method? e.g. python -m orchestrator train figr ({', '.join(methods.available())})")

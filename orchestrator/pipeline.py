@@ -158,8 +158,9 @@ def _fit_and_evaluate(method, cfg, ds, split, val_features, features, *, run_id,
         checkpoint, chosen = best_checkpoint(result, cfg["select_metric"])
         with checkpoint.as_directory() as d:
             saved = load_checkpoint(Path(d))
-        log(f"selected the step-{saved['step']} checkpoint on validation classes "
-            f"({cfg['select_metric']}={chosen.get(cfg['select_metric'], float('nan')):.4g})")
+        select = cfg["select_metric"]
+        why = f"{select}={chosen[select]:.4g} on validation classes" if select in chosen else "the latest"
+        log(f"selected the step-{saved['step']} checkpoint ({why})")
         result_eval = evaluate_state(method, cfg, ds, split, saved["state"], features,
                                      seed=int(cfg["eval_seed"]), n_generate=int(cfg["n_generate"]))
         step = int(saved["step"])

@@ -18,6 +18,7 @@ from typing import Any
 from orchestrator.errors import UserError
 
 DEFAULT_EXPERIMENT = "fewshot-generation"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr readable
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(REPO))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_state(tmp_path_factory):
+    """Feature caches and Ray Train storage in the test's tmp dir, never the user's."""
+    os.environ["FSIG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["FSIG_STORAGE"] = str(tmp_path_factory.mktemp("ray_results"))
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     assert DATA_ROOT.is_dir(), f"datasets not found at {DATA_ROOT}; set FSIG_DATASETS"
