@@ -86,8 +86,8 @@ def ensure_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address or None, include_dashboard=False if not address else None,
-                 log_to_driver=True)
+        # The dashboard hosts the State API Ray Train polls; without it Train logs a warning a second.
+        ray.init(address=address or None, log_to_driver=True)
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise UserError(f"cannot connect to Ray at {address!r} ({str(err).splitlines()[0]}): "
                         f"pass the head node's address (ray start --head prints it) or omit --address") from None
