@@ -22,7 +22,7 @@ HARNESS_DEFAULTS: dict[str, Any] = {
     "tasks_per_worker": 1,
     "steps": 0,  # 0 = no step limit (then budget_minutes must be set)
     "budget_minutes": 0.0,
-    "log_every": 10,
+    "log_every": 10,  # progress line + tasks/s; losses go to MLflow every step
     "eval_every": 100,  # validation-class evaluation + checkpoint, in meta-steps
     "val_generate": 64,  # images per validation class at checkpoint selection
     "n_generate": 128,  # images per novel class in the final evaluation

@@ -101,10 +101,12 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - start
         stop = any_true((steps > 0 and step >= steps) or (budget_s > 0 and elapsed >= budget_s), device)
 
+        if rank == 0:
+            tracking.log_metrics(uri, run_id, losses, step)  # every step's losses
         if rank == 0 and (step % int(cfg["log_every"]) == 0 or stop):
             rate = window_steps * b * size / max(time.perf_counter() - window_start, 1e-9)
             means = {k: sum(v) / len(v) for k, v in window.items()}
-            tracking.log_metrics(uri, run_id, {**means, "tasks_per_s": rate}, step)
+            tracking.log_metrics(uri, run_id, {"tasks_per_s": rate}, step)
             total = f"/{steps}" if steps else f" ({elapsed / 60:.1f}/{budget_s / 60:.1f} min)"
             shown = " ".join(f"{k}={v:.3g}" for k, v in means.items())
             print(f"step {step}{total}  {rate:.2f} tasks/s  {shown}", flush=True)

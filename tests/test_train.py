@@ -16,7 +16,7 @@ from orchestrator import pipeline, tracking
 from orchestrator.cli import _dispatch, main, parser
 
 # Small but real: FIGR's DCGAN net at width 8 on the bundled digits.
-FAST = ["--set", "width=8", "--set", "val_generate=8", "--set", "n_generate=24", "--set", "log_every=1",
+FAST = ["--set", "width=8", "--set", "val_generate=8", "--set", "n_generate=24",
         "--set", "eval_every=2", "--set", "select_metric=last", "--set", "inner_steps=3", "--set", "adapt_steps=3"]
 
 
