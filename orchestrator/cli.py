@@ -64,6 +64,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--adapt-steps", type=int, help="adaptation steps (default: the run's)")
     _common(g)
+
+    from orchestrator import compare, sweep  # light modules: heavy imports live inside their run()
+
+    sw = sub.add_parser("sweep", help="search a method's hyperparameters with Ray Tune + Optuna, nested in MLflow")
+    sweep.add_arguments(sw)
+    _common(sw)
+    cp = sub.add_parser("compare", help="table and plot of the best trial per method and dataset, from MLflow")
+    compare.add_arguments(cp)
+    _common(cp)
     return ap
 
 
@@ -92,6 +101,14 @@ def _dispatch(args: argparse.Namespace) -> dict:
     if args.command == "evaluate":
         return pipeline.run_evaluate(args.run_id, uri=uri, seed=args.eval_seed, n_generate=args.n_generate,
                                      inception_weights=args.inception_weights)
+    if args.command == "sweep":
+        from orchestrator import sweep
+
+        return sweep.run(args, uri)
+    if args.command == "compare":
+        from orchestrator import compare
+
+        return compare.run(args, uri)
     return pipeline.run_generate(args.run_id, args.images, uri=uri, n=args.n, out=args.out, seed=args.seed,
                                  save_images=args.save_images, steps=args.adapt_steps)
 
