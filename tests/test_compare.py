@@ -1,0 +1,163 @@
+"""``compare`` on a real MLflow SQLite store: best per (method, dataset), skips, plot, parent artifact, errors."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from orchestrator import compare, tracking
+from orchestrator.cli import main
+from orchestrator.errors import UserError
+
+EXP = "cmp"
+
+
+def _run(uri: str, name: str, tags: dict[str, str], metrics: dict[str, float], status: str | None = "FINISHED",
+         parent: str | None = None) -> str:
+    rid = tracking.start_run(uri, EXP, name, {"lr": 0.1}, tags, parent_run_id=parent)
+    tracking.log_metrics(uri, rid, metrics)
+    if status:
+        tracking.end_run(uri, rid, status)
+    return rid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict[str, str]:
+    """One store for the module: train runs, failed/running ones, a re-evaluation and a sweep."""
+    tmp = tmp_path_factory.mktemp("compare")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    figr = {"method": "figr", "dataset": "digits"}
+    ids = {"uri": uri, "tmp": str(tmp)}
+    ids["a"] = _run(uri, "a", figr, {"fid_domain": 50, "class_hit": 0.2, "kid_domain": 9, "ssim": 0.3})
+    ids["b"] = _run(uri, "b", figr, {"fid_domain": 30, "class_hit": 0.1, "fid_domain_scratch": 900})
+    ids["c"] = _run(uri, "c", figr, {"fid_domain": 40, "class_hit": 0.3})
+    _run(uri, "running", figr, {"fid_domain": 1, "class_hit": 0.99}, status=None)
+    _run(uri, "failed", figr, {"fid_domain": 2, "class_hit": 0.98}, status="FAILED")
+    _run(uri, "no-fid", figr, {"loss_g": 3.0})
+    _run(uri, "evaluate-seed1", {**figr, "evaluates": ids["b"]}, {"fid_domain": 5, "class_hit": 0.9},
+         parent=ids["b"])
+    ids["omni"] = _run(uri, "omni", {"method": "figr", "dataset": "omniglot"}, {"fid_domain": 300, "class_hit": 0.05})
+    ids["m1"] = _run(uri, "m1", {"method": "mfh", "dataset": "digits"}, {"fid_domain": 45, "class_hit": 0.4})
+    ids["m2"] = _run(uri, "m2", {"method": "mfh", "dataset": "digits"}, {"fid_domain": 35, "class_hit": 0.35})
+    # A sweep: the parent repeats the best numbers (must not be ranked), three trials, one unfinished.
+    ids["parent"] = _run(uri, "sweep-figr", figr, {"fid_domain": 10}, status=None)
+    ids["t0"] = _run(uri, "trial-0", figr, {"fid_domain": 20, "class_hit": 0.15}, parent=ids["parent"])
+    ids["t1"] = _run(uri, "trial-1", figr, {"fid_domain": 25, "class_hit": 0.25}, parent=ids["parent"])
+    _run(uri, "trial-2", figr, {"fid_domain": 0.5}, status=None, parent=ids["parent"])
+    tracking.log_metrics(uri, ids["parent"], {"fid_domain": 20})
+    tracking.end_run(uri, ids["parent"])
+    return ids
+
+
+def _args(tmp: str, **kw) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    compare.add_arguments(p)
+    ns = p.parse_args([])
+    ns.out = Path(tmp) / "compare.png"
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def _by_key(out: dict) -> dict[tuple[str, str], dict]:
+    return {(r["method"], r["dataset"]): r for r in out["rows"]}
+
+
+def _assert_png(path: str) -> None:
+    assert Path(path).stat().st_size > 1000
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.verify()
+
+
+def test_experiment_best_per_method_dataset_lower_is_better(store):
+    out = compare.run(_args(store["tmp"], experiment=EXP), store["uri"])
+    rows = _by_key(out)
+    assert set(rows) == {("figr", "digits"), ("figr", "omniglot"), ("mfh", "digits")}
+    assert rows["figr", "digits"]["run_id"] == store["t0"]  # 20: below a/b/c, parent (10) and running (1) not ranked
+    assert rows["figr", "digits"]["n_runs"] == 5  # a, b, c, trial-0, trial-1
+    assert rows["figr", "omniglot"]["run_id"] == store["omni"]
+    assert rows["mfh", "digits"]["run_id"] == store["m2"]
+    assert rows["mfh", "digits"]["value"] == 35.0
+    assert out["mode"] == "min" and out["metric"] == "fid_domain" and out["n_runs"] == 8
+    assert out["skipped"] == {"not_finished": 3, "missing_metric": 1, "sweep_parent": 1, "re_evaluation": 1}
+    assert out["parent_run_id"] is None and out["artifact"] is None
+    _assert_png(out["plot"])
+
+
+def test_higher_is_better_metric_and_row_metrics(store):
+    out = compare.run(_args(store["tmp"], experiment=EXP, metric="class_hit"), store["uri"])
+    rows = _by_key(out)
+    assert out["mode"] == "max"
+    assert rows["figr", "digits"]["run_id"] == store["c"]  # 0.3; the re-evaluation's 0.9 is not a trial
+    assert rows["mfh", "digits"]["run_id"] == store["m1"]
+    # every fid_*/kid_* and the listed quality metrics ride along with the best run
+    a = compare.run(_args(store["tmp"], experiment=EXP, metric="ssim"), store["uri"])
+    assert _by_key(a)["figr", "digits"]["metrics"] == {"ssim": 0.3, "fid_domain": 50.0, "kid_domain": 9.0,
+                                                       "class_hit": 0.2}
+    assert a["skipped"]["missing_metric"] == 8
+
+
+def test_explicit_mode_overrides_name(store):
+    out = compare.run(_args(store["tmp"], experiment=EXP, mode="max"), store["uri"])
+    assert _by_key(out)["figr", "digits"]["run_id"] == store["a"]  # worst FID when asked for max
+
+
+def test_parent_children_and_artifact_on_parent(store, capsys):
+    out = compare.run(_args(store["tmp"], parent=store["parent"]), store["uri"])
+    assert [r["run_id"] for r in out["rows"]] == [store["t0"]]
+    assert out["n_runs"] == 2 and out["skipped"]["not_finished"] == 1
+    assert out["parent_run_id"] == store["parent"] and out["artifact"] == "compare/compare.png"
+    names = [f.path for f in tracking.client(store["uri"]).list_artifacts(store["parent"], "compare")]
+    assert names == ["compare/compare.png"]
+    _assert_png(out["plot"])
+    printed = capsys.readouterr().out
+    assert "trial-0" in printed and "fid_domain (min)" in printed and "skipped 1" in printed
+
+
+def test_json_shape_through_cli(store, capsys, tmp_path):
+    png = tmp_path / "cli.png"
+    code = main(["compare", "--tracking-uri", store["uri"], "--json", "--experiment", EXP, "--out", str(png)])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    out = json.loads(last)
+    assert {"rows", "plot", "metric", "n_runs", "mode", "skipped", "parent_run_id"} <= set(out)
+    assert out["plot"] == str(png.resolve()) and png.is_file()
+    assert all({"method", "dataset", "run_id", "value", "metrics", "n_runs"} <= set(r) for r in out["rows"])
+
+
+def test_cli_plain_output_summarises_rows(store, capsys, tmp_path):
+    assert main(["compare", "--tracking-uri", store["uri"], "--experiment", EXP, "--out", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "rows: 3 rows (table above)" in out
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"experiment": "nope"}, "experiment 'nope' not found"),
+    ({"parent": "0123456789abcdef"}, "parent run '0123456789abcdef' not found"),
+    ({"experiment": EXP, "metric": "fid_nothing"}, "has metric 'fid_nothing'"),
+    ({"experiment": EXP, "metric": "wiggle"}, "add --mode min or --mode max"),
+])
+def test_bad_input_is_one_line_user_error(store, kw, needle):
+    with pytest.raises(UserError) as err:
+        compare.run(_args(store["tmp"], **kw), store["uri"])
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg and ": " in msg
+
+
+def test_parent_without_children_and_missing_store(store, tmp_path):
+    with pytest.raises(UserError, match="has no child runs"):
+        compare.run(_args(store["tmp"], parent=store["a"]), store["uri"])
+    missing = tmp_path / "none.db"
+    with pytest.raises(UserError, match="no MLflow database"):
+        compare.run(_args(str(tmp_path), experiment=EXP), f"sqlite:///{missing}")
+    assert not missing.exists()  # refusing must not create an empty store
+
+
+def test_cli_bad_input_exits_2(store, capsys):
+    assert main(["compare", "--tracking-uri", store["uri"], "--experiment", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: experiment 'nope' not found") and len(err.splitlines()) == 1
