@@ -5,7 +5,8 @@ works on anything ``train`` or ``sweep`` recorded, on a laptop or against the cl
 Only FINISHED runs that carry the metric are ranked: a failed or still-running trial's last value
 is not a result. Two more kinds of run are left out of the ranking, each counted:
 
-- a sweep's parent run (its children are trials): it repeats the best trial's numbers;
+- a sweep's parent run (tag ``sweep_role=parent``, or any run whose children are not
+  re-evaluations): it repeats the best trial's numbers;
 - an ``evaluate`` re-run (tag ``evaluates``): picking the best of several eval seeds of one model
   would select on evaluation noise.
 
@@ -123,7 +124,7 @@ def _select(runs: list, metric: str) -> tuple[list, dict[str, int]]:
     for r in runs:
         if r.info.status != "FINISHED":
             skipped["not_finished"] += 1
-        elif r.info.run_id in parents:
+        elif r.info.run_id in parents or r.data.tags.get("sweep_role") == "parent":
             skipped["sweep_parent"] += 1
         elif "evaluates" in r.data.tags:
             skipped["re_evaluation"] += 1

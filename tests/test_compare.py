@@ -48,6 +48,7 @@ def store(tmp_path_factory) -> dict[str, str]:
     ids["t1"] = _run(uri, "trial-1", figr, {"fid_domain": 25, "class_hit": 0.25}, parent=ids["parent"])
     _run(uri, "trial-2", figr, {"fid_domain": 0.5}, status=None, parent=ids["parent"])
     tracking.log_metrics(uri, ids["parent"], {"fid_domain": 20})
+    _run(uri, "sweep-without-trials", {**figr, "sweep_role": "parent"}, {"fid_domain": 0.1})  # tagged, no children
     tracking.end_run(uri, ids["parent"])
     return ids
 
@@ -77,13 +78,13 @@ def test_experiment_best_per_method_dataset_lower_is_better(store):
     out = compare.run(_args(store["tmp"], experiment=EXP), store["uri"])
     rows = _by_key(out)
     assert set(rows) == {("figr", "digits"), ("figr", "omniglot"), ("mfh", "digits")}
-    assert rows["figr", "digits"]["run_id"] == store["t0"]  # 20: below a/b/c, parent (10) and running (1) not ranked
+    assert rows["figr", "digits"]["run_id"] == store["t0"]  # 20: below a/b/c; parents, running and failed not ranked
     assert rows["figr", "digits"]["n_runs"] == 5  # a, b, c, trial-0, trial-1
     assert rows["figr", "omniglot"]["run_id"] == store["omni"]
     assert rows["mfh", "digits"]["run_id"] == store["m2"]
     assert rows["mfh", "digits"]["value"] == 35.0
     assert out["mode"] == "min" and out["metric"] == "fid_domain" and out["n_runs"] == 8
-    assert out["skipped"] == {"not_finished": 3, "missing_metric": 1, "sweep_parent": 1, "re_evaluation": 1}
+    assert out["skipped"] == {"not_finished": 3, "missing_metric": 1, "sweep_parent": 2, "re_evaluation": 1}
     assert out["parent_run_id"] is None and out["artifact"] is None
     _assert_png(out["plot"])
 
