@@ -1,15 +1,526 @@
-"""``python -m orchestrator sweep METHOD``: Ray Tune + OptunaSearch + ASHA over Ray Train trials (issue #4)."""
+"""``python -m orchestrator sweep METHOD``: Ray Tune + OptunaSearch + ASHA over Ray Train trials (issue #4).
+
+How it fits together (Ray 2.60, Train V2):
+
+- The driver validates everything (method, ``--space`` file, ``--set`` keys, data) before it
+  starts Ray or creates an MLflow run, then creates one MLflow **parent run** for the sweep
+  (tags ``sweep_name``, ``sweep_role=parent``; artifacts ``search_space/<file>``, ``sweep.json``,
+  ``split.json``) and runs a Tune ``Tuner`` with ``OptunaSearch`` (TPE, seeded by ``--seed``) and
+  ``ASHAScheduler`` on the search space's metric (``val_fid_domain`` by default), with
+  ``time_attr="step"`` (the meta-step the workers report).
+- Each trial is a Tune *function* trainable (``_trial``) that requests no CPU (``{"cpu": 0,
+  "memory": 1}``) and builds a ``TorchTrainer`` through ``orchestrator.train.fit`` with Ray Tune's
+  ``TuneReportCallback``: every ``eval_every`` steps the workers' ``ray.train.report`` (losses and
+  ``val_*``) reaches Tune, so ASHA decides on it. The trial's own MLflow **child run**
+  (``mlflow.parentRunId`` = the parent, tag ``tune_trial_id``) records what a ``train`` run
+  records: params, ``split.json``, ``config.json``, per-step losses, ``val_*`` metrics and sample
+  grids, then, after fit, the novel-class evaluation of the checkpoint selected on validation
+  classes and ``checkpoint/model.pt``. ``evaluate RUN_ID`` and ``generate RUN_ID`` work on it.
+- A trial that ASHA stops is killed by Tune, so its child run is closed by the driver after
+  the sweep: ``FINISHED`` with tags ``stopped_early=true`` and ``stopped_at_step``, with its best
+  validation checkpoint logged as ``checkpoint/model.pt``. It is *not* evaluated on novel classes
+  (it lost on validation; evaluating it would only cost time).
+- Resume: the sweep's name is printed at start. After Ctrl-C (Tune saves its state and returns)
+  or a killed driver, ``sweep METHOD --resume NAME`` finds the parent run by its tag, reloads
+  ``sweep.json`` (method, config, space, resources: only these are used) and calls
+  ``Tuner.restore(..., resume_unfinished=True, resume_errored=True)``. A re-run trial looks up
+  its child run by ``tune_trial_id`` before creating one, and its ``TorchTrainer`` (same name and
+  storage path) continues from its last checkpoint. A child whose trial was already finished is
+  not trained again. Children of trials Tune has no record of (a driver killed before Tune saved
+  a newly started trial) are deleted (MLflow's soft delete), so the parent ends with exactly one
+  child per trial.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
 
+DEFAULT_TRIALS = 4
+DEFAULT_BUDGET_MINUTES = 1.0
+TRIAL_TAG = "tune_trial_id"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("method", nargs="?")
+    p.add_argument("method", nargs="?", help="method key, e.g. figr")
+    p.add_argument("--trials", type=int, help=f"number of trials (default {DEFAULT_TRIALS})")
+    p.add_argument("--concurrency", type=int,
+                   help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial")
+    p.add_argument("--cpus-per-worker", type=float, default=1)
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="> 0 trains on GPUs with NCCL")
+    p.add_argument("--budget-minutes", type=float,
+                   help=f"meta-training budget per trial (default {DEFAULT_BUDGET_MINUTES} unless --steps)")
+    p.add_argument("--steps", type=int, help="meta-training steps per trial")
+    p.add_argument("--space", help="search-space YAML (default: search_spaces/METHOD.yaml)")
+    p.add_argument("--dataset", help="digits (default, no download), omniglot, mnist, fashion-mnist, folder")
+    p.add_argument("--data-root", help="local folder holding the dataset's files")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (TPE)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a non-searched config value for every trial")
+    p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment name")
+    p.add_argument("--max-failures", type=int, default=1, help="worker failures each trial survives")
+    p.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep (its name is printed at start)")
+
+
+def _log(msg: str) -> None:
+    from orchestrator.pipeline import log
+
+    log(msg)
+
+
+def _absolute_uri(uri: str) -> str:
+    """Trials run in their own working directory: a relative SQLite path must not move with them."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def new_sweep_name(method: str) -> str:
+    return f"sweep-{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+# ---------------------------------------------------------------- MLflow lookups
+
+
+def find_parent(uri: str, name: str):
+    from mlflow.entities import ViewType
+
+    c = _client(uri)
+    exps = [e.experiment_id for e in c.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    runs = c.search_runs(exps, f"tags.sweep_name = '{name}' and tags.sweep_role = 'parent'") if exps else []
+    if not runs:
+        raise UserError(f"--resume {name}: no sweep of that name in {uri}; pass the name the sweep printed at "
+                        f"start (tag sweep_name of its parent run) and the same --tracking-uri")
+    return runs[0]
+
+
+def children(uri: str, parent_run: str, experiment_id: str) -> list:
+    return _client(uri).search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run}'",
+                                    max_results=10000)
+
+
+def find_child(uri: str, parent_run: str, experiment_id: str, trial_id: str):
+    """The child run of ``trial_id`` if one exists: a re-run trial reuses it instead of adding another."""
+    runs = _client(uri).search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run}' and tags.{TRIAL_TAG} = '{trial_id}'")
+    return runs[0] if runs else None
+
+
+def _client(uri: str):
+    from orchestrator import tracking
+
+    return tracking.client(uri)
+
+
+# ---------------------------------------------------------------- one trial (runs in a Tune actor)
+
+
+def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, ds=None, val_features=None) -> None:
+    """One Tune trial: a child MLflow run + a ``TorchTrainer`` fit + novel-class evaluation."""
+    import torch
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator import tracking
+    from orchestrator.data import Split
+    from orchestrator.pipeline import evaluate_state, log_evaluation
+    from orchestrator.train import best_checkpoint, fit, load_checkpoint
+
+    assert ctx is not None
+    trial_id = tune.get_context().get_trial_id()
+    uri, parent, method = ctx["uri"], ctx["parent_run_id"], ctx["method"]
+    cfg = {**ctx["config"], **config}
+    split = Split.from_dict(ctx["split"])
+    train_name = f"{ctx['sweep_name']}-{trial_id}"
+    storage = Path(ctx["trial_storage"])
+
+    existing = find_child(uri, parent, ctx["experiment_id"], trial_id)
+    if existing is not None and existing.info.status == "FINISHED":
+        # Finished before the driver died but after Tune last saved its state: do not train again.
+        print(f"trial {trial_id}: child run {existing.info.run_id} already finished", flush=True)
+        return
+    if existing is not None:
+        run_id = existing.info.run_id
+        tracking.client(uri).update_run(run_id, status="RUNNING")
+        print(f"trial {trial_id}: continuing child run {run_id}", flush=True)
+    else:
+        searched = {f"searched.{k}": str(v) for k, v in config.items()}
+        run_id = tracking.start_run(uri, ctx["experiment"], f"trial-{trial_id}", cfg, {
+            "method": method, "dataset": cfg["dataset"], "split_seed": str(split.seed), "seed": str(cfg["seed"]),
+            "ray_run_name": train_name, "ray_storage_path": str(storage), "workers": str(ctx["workers"]),
+            "features": val_features.kind, TRIAL_TAG: trial_id, "sweep_name": ctx["sweep_name"],
+            "sweep_role": "trial", **searched}, parent_run_id=parent)
+        tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
+        tracking.log_dict(uri, run_id, {"method": method, "config": cfg}, "config.json")
+        print(f"trial {trial_id}: MLflow child run {run_id}", flush=True)
+    try:
+        result = fit(method, cfg, ds, split, val_features, run_id=run_id, tracking_uri=uri,
+                     workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"],
+                     gpus_per_worker=ctx["gpus_per_worker"], storage_path=storage, name=train_name,
+                     max_failures=ctx["max_failures"], callbacks=[TuneReportCallback()])
+        checkpoint, _ = best_checkpoint(result, cfg["select_metric"])
+        with checkpoint.as_directory() as d:
+            saved = load_checkpoint(Path(d))
+        step = int(saved["step"])
+        torch.set_num_threads(max(1, int(ctx["cpus_per_worker"])))
+        evaluation = evaluate_state(method, cfg, ds, split, saved["state"], val_features,
+                                    seed=int(cfg["eval_seed"]), n_generate=int(cfg["n_generate"]))
+        log_evaluation(uri, run_id, evaluation, step, "novel_samples.png")
+        _log_model(uri, run_id, saved)
+        tracking.set_tags(uri, run_id, {"selected_step": str(step), "stopped_early": "false"})
+        tracking.end_run(uri, run_id, "FINISHED")
+    except BaseException:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+
+
+def _log_model(uri: str, run_id: str, saved: dict) -> None:
+    import torch
+
+    from orchestrator import tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({"state": saved["state"], "step": int(saved["step"]), "elapsed_s": saved["elapsed_s"]},
+                   Path(tmp) / "model.pt")
+        tracking.log_file(uri, run_id, Path(tmp) / "model.pt", "checkpoint")
+
+
+# ---------------------------------------------------------------- the driver
 
 
 def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
-    raise UserError("sweep is not built yet (issue #4): use python -m orchestrator train METHOD")
+    uri = _absolute_uri(uri)
+    if args.resume:
+        return _resume(args, uri)
+    return _start(args, uri)
+
+
+def _validate_scale(trials: int, concurrency: int | None, workers: int, cpus: float, gpus: float) -> None:
+    if trials < 1:
+        raise UserError(f"--trials {trials}: need at least 1 trial")
+    if concurrency is not None and concurrency < 1:
+        raise UserError(f"--concurrency {concurrency}: need at least 1 trial at a time")
+    if workers < 1:
+        raise UserError(f"--workers-per-trial {workers}: need at least 1 worker")
+    if cpus <= 0 or gpus < 0:
+        raise UserError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
+
+
+def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
+    import methods
+
+    from orchestrator import config as config_mod
+    from orchestrator import search_space
+    from orchestrator import tracking
+    from orchestrator.train import default_storage, method_class
+
+    if not args.method:
+        raise UserError(f"which method? e.g. python -m orchestrator sweep figr ({', '.join(methods.available())})")
+    cls = method_class(args.method)
+    trials = DEFAULT_TRIALS if args.trials is None else args.trials
+    _validate_scale(trials, args.concurrency, args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
+    space_path = Path(args.space) if args.space else search_space.default_path(args.method)
+    space = search_space.load(space_path, cls.default_config)
+    for item in args.set:
+        key = item.split("=", 1)[0].strip()
+        if key in space.params:
+            raise UserError(f"--set {item}: {key} is searched by {space_path}; remove it from params there "
+                            f"(or put it under fixed:) to hold it constant")
+    steps = args.steps
+    budget = args.budget_minutes
+    if steps is None and budget is None:
+        budget = DEFAULT_BUDGET_MINUTES
+    flags = {"dataset": args.dataset, "data_root": args.data_root, "steps": steps if steps is not None else 0,
+             "budget_minutes": budget if budget is not None else 0.0}
+    cfg = config_mod.resolve(cls.default_config, {**space.fixed, **{k: v for k, v in flags.items()
+                                                                     if v is not None}}, args.set)
+    cfg["select_metric"] = space.metric  # checkpoints are chosen on the metric the sweep ranks by
+    if int(cfg["steps"]) <= 0 and float(cfg["budget_minutes"]) <= 0:
+        raise UserError("no budget: pass --steps N or --budget-minutes M (per trial)")
+    name = new_sweep_name(args.method)
+    storage = default_storage()
+    sweep = {
+        "name": name, "method": args.method, "config": cfg, "space": space.to_dict(), "space_file": str(space_path),
+        "trials": trials, "concurrency": args.concurrency, "workers_per_trial": args.workers_per_trial,
+        "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker, "seed": args.seed,
+        "max_failures": args.max_failures, "experiment": args.experiment or tracking.DEFAULT_EXPERIMENT,
+        "storage": str(storage), "tune_path": str(storage / name),
+    }
+    ds, split, val_features = _data(cfg)
+    started = _ensure_ray(args.address)
+    try:
+        parent_params = {k: v for k, v in cfg.items() if k not in space.params}
+        parent_params.update({f"sweep.{k}": sweep[k] for k in ("trials", "concurrency", "workers_per_trial",
+                                                               "cpus_per_worker", "gpus_per_worker", "seed")})
+        parent_params.update({"sweep.metric": space.metric, "sweep.mode": space.mode,
+                              "sweep.space_file": str(space_path),
+                              **{f"space.{k}": json.dumps(p.describe()) for k, p in space.params.items()}})
+        parent = tracking.start_run(uri, sweep["experiment"], name, parent_params, {
+            "sweep_name": name, "sweep_role": "parent", "method": args.method, "dataset": cfg["dataset"],
+            "split_seed": str(split.seed), "seed": str(args.seed), "tune_path": sweep["tune_path"],
+            "features": val_features.kind})
+        sweep["parent_run_id"] = parent
+        sweep["split"] = split.to_dict()
+        tracking.log_file(uri, parent, space_path, "search_space")
+        tracking.log_dict(uri, parent, sweep, "sweep.json")
+        tracking.log_dict(uri, parent, split.to_dict(), "split.json")
+        _log(f"sweep {name}: {trials} trials of {args.method} on {cfg['dataset']}, searching "
+             f"{', '.join(space.params)} ({space.mode} {space.metric}); MLflow parent run {parent} in {uri}")
+        _log(f"interrupted? continue with: python -m orchestrator sweep {args.method} --resume {name}")
+        print(f"sweep name: {name}", flush=True)
+        return _tune(sweep, uri, ds, split, val_features, restore=False)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
+    from orchestrator import tracking
+    from orchestrator.data import Split
+
+    parent_run = find_parent(uri, args.resume)
+    sweep = tracking.load_json_artifact(uri, parent_run.info.run_id, "sweep.json")
+    if args.method and args.method != sweep["method"]:
+        raise UserError(f"--resume {args.resume}: that sweep searches {sweep['method']}, not {args.method}")
+    from ray import tune
+
+    if not tune.Tuner.can_restore(sweep["tune_path"]):
+        raise UserError(f"--resume {args.resume}: no Ray Tune state under {sweep['tune_path']}; it was written "
+                        f"by the machine that ran the sweep (set FSIG_STORAGE to shared storage on a cluster)")
+    ds, split, val_features = _data(sweep["config"], sweep["split"])
+    assert split.to_dict() == Split.from_dict(sweep["split"]).to_dict()
+    started = _ensure_ray(args.address)
+    try:
+        tracking.client(uri).update_run(sweep["parent_run_id"], status="RUNNING")
+        _log(f"resuming sweep {sweep['name']} (MLflow parent run {sweep['parent_run_id']}) from {sweep['tune_path']}")
+        return _tune(sweep, uri, ds, split, val_features, restore=True)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _data(cfg: dict[str, Any], split_dict: dict | None = None):
+    from orchestrator.pipeline import features_for, prepare_data
+
+    ds, split = prepare_data(cfg, split_dict)
+    _log(f"{cfg['dataset']}: {ds.num_classes} classes, {len(ds.labels)} images {ds.image_shape}; split "
+         f"base/val/novel = {len(split.base)}/{len(split.val)}/{len(split.novel)} classes (seed {split.seed})")
+    return ds, split, features_for(ds, split, None, domain_only=True)
+
+
+def _ensure_ray(address: str | None) -> bool:
+    from orchestrator.pipeline import ensure_ray
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # a killed driver loses at most ~5 s of Tune state
+    return ensure_ray(address)
+
+
+def _auto_concurrency(sweep: dict[str, Any]) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    per_trial_cpu = sweep["workers_per_trial"] * sweep["cpus_per_worker"]
+    fits = int(res.get("CPU", 1) // per_trial_cpu)
+    if sweep["gpus_per_worker"]:
+        fits = min(fits, int(res.get("GPU", 0) // (sweep["workers_per_trial"] * sweep["gpus_per_worker"])))
+    return max(1, min(fits, sweep["trials"]))
+
+
+def _trainable(sweep: dict[str, Any], uri: str, ds, val_features):
+    from ray import tune
+
+    from orchestrator import tracking
+
+    ctx = {
+        "uri": uri, "parent_run_id": sweep["parent_run_id"], "method": sweep["method"], "config": sweep["config"],
+        "split": sweep["split"], "sweep_name": sweep["name"], "experiment": sweep["experiment"],
+        "experiment_id": tracking.experiment_id(uri, sweep["experiment"]),
+        "trial_storage": str(Path(sweep["storage"]) / "sweep_trials" / sweep["name"]),
+        "workers": sweep["workers_per_trial"], "cpus_per_worker": sweep["cpus_per_worker"],
+        "gpus_per_worker": sweep["gpus_per_worker"], "max_failures": sweep["max_failures"],
+    }
+    fn = tune.with_parameters(_trial, ctx=ctx, ds=ds, val_features=val_features)
+    # The trial's driver function needs no CPU (its TorchTrainer's workers hold them); an empty
+    # request is rejected and a fractional CPU would cost a core's worth of scheduling on small boxes.
+    return tune.with_resources(fn, {"cpu": 0, "memory": 1})
+
+
+def _tune(sweep: dict[str, Any], uri: str, ds, split, val_features, *, restore: bool) -> dict[str, Any]:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator import search_space, tracking
+
+    space = search_space.parse(sweep["space"], sweep["space_file"], _method_defaults(sweep["method"]))
+    cfg = sweep["config"]
+    trainable = _trainable(sweep, uri, ds, val_features)
+    parent = sweep["parent_run_id"]
+    try:
+        if restore:
+            tuner = tune.Tuner.restore(sweep["tune_path"], trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            concurrency = sweep["concurrency"] or _auto_concurrency(sweep)
+            steps = int(cfg["steps"])
+            grace = max(1, int(cfg["eval_every"]))
+            scheduler = ASHAScheduler(time_attr="step", max_t=max(steps, grace) if steps > 0 else 10 ** 9,
+                                      grace_period=grace, reduction_factor=2, stop_last_trials=False)
+            tuner = tune.Tuner(
+                trainable, param_space=space.to_tune(),
+                tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
+                                            search_alg=OptunaSearch(seed=int(sweep["seed"])), scheduler=scheduler,
+                                            num_samples=int(sweep["trials"]), max_concurrent_trials=concurrency),
+                run_config=tune.RunConfig(name=sweep["name"], storage_path=sweep["storage"],
+                                          failure_config=tune.FailureConfig(max_failures=0)),
+            )
+            _log(f"{concurrency} trial(s) at a time, {sweep['workers_per_trial']} worker(s) each; "
+                 f"ASHA on {space.metric} every {grace} steps")
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        tracking.end_run(uri, parent, "KILLED")
+        raise UserError(f"sweep {sweep['name']} interrupted: continue it with python -m orchestrator sweep "
+                        f"{sweep['method']} --resume {sweep['name']}") from None
+    except BaseException:
+        tracking.end_run(uri, parent, "FAILED")
+        raise
+    return _finish(sweep, uri, grid, space)
+
+
+def _method_defaults(method: str) -> dict[str, Any]:
+    from orchestrator.train import method_class
+
+    return method_class(method).default_config
+
+
+def _best_of(df, metric: str, mode: str):
+    if df is None or metric not in df or df[metric].dropna().empty:
+        return None
+    col = df[metric]
+    return df.loc[col.idxmin() if mode == "min" else col.idxmax()]
+
+
+def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
+    """Close every child run (stopped-early ones by hand), pick the best trial, record it on the parent."""
+    from orchestrator import tracking
+
+    parent, metric, mode = sweep["parent_run_id"], space.metric, space.mode
+    trials = list(grid._experiment_analysis.trials)
+    by_id = {t.trial_id: t for t in trials}
+    results = {}
+    for r in grid:
+        tid = (r.metrics or {}).get("trial_id")
+        if tid is None and r.path:
+            tid = next((t.trial_id for t in trials if str(t.path) == str(r.path)), None)
+        if tid:
+            results[tid] = r
+    c = tracking.client(uri)
+    exp_id = tracking.experiment_id(uri, sweep["experiment"])
+    interrupted = len(trials) < int(sweep["trials"]) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+    child_of: dict[str, str] = {}
+    stopped, errored = 0, 0
+    for run in children(uri, parent, exp_id):
+        tid = run.data.tags.get(TRIAL_TAG)
+        trial = by_id.get(tid)
+        run_id = run.info.run_id
+        if trial is None:
+            # Started by a driver that died before Tune saved the trial; Tune re-proposed it under a new id.
+            _log(f"deleting orphan child run {run_id} (trial {tid} is unknown to Tune)")
+            c.delete_run(run_id)
+            continue
+        child_of[tid] = run_id
+        status = c.get_run(run_id).info.status
+        if status == "RUNNING" and trial.status == "TERMINATED":
+            _close_stopped(uri, run_id, results.get(tid), metric, mode)
+            stopped += 1
+        elif status == "RUNNING" and trial.status == "ERROR":
+            tracking.end_run(uri, run_id, "FAILED")
+        elif status == "RUNNING":  # interrupted: resume sets it RUNNING again
+            tracking.end_run(uri, run_id, "KILLED")
+        if trial.status == "ERROR":
+            errored += 1
+        if c.get_run(run_id).data.tags.get("stopped_early") == "true" and status != "RUNNING":
+            stopped += 1
+
+    completed = sum(t.status == "TERMINATED" for t in trials)
+    best_tid, best_value, best_config = None, None, None
+    for tid, r in results.items():
+        row = _best_of(r.metrics_dataframe, metric, mode)
+        if row is None:
+            continue
+        v = float(row[metric])
+        if best_value is None or (v < best_value if mode == "min" else v > best_value):
+            best_tid, best_value = tid, v
+            best_config = {k: by_id[tid].config[k] for k in space.params if k in by_id[tid].config}
+    summary: dict[str, Any] = {
+        "sweep_name": sweep["name"], "parent_run_id": parent, "method": sweep["method"],
+        "dataset": sweep["config"]["dataset"], "metric": metric, "mode": mode,
+        "trials_planned": int(sweep["trials"]), "trials_completed": completed, "trials_stopped_early": stopped,
+        "trials_errored": errored, "best_trial_id": best_tid, "best_run_id": child_of.get(best_tid),
+        "best_config": best_config, "best_metric": best_value,
+    }
+    tracking.log_metrics(uri, parent, {"trials_completed": completed, "trials_stopped_early": stopped,
+                                       "trials_errored": errored})
+    if best_tid is not None:
+        _record_best(uri, parent, summary)
+    if interrupted:
+        tracking.end_run(uri, parent, "KILLED")
+        raise UserError(f"sweep {sweep['name']} interrupted after {completed} of {sweep['trials']} trials: continue "
+                        f"it with python -m orchestrator sweep {sweep['method']} --resume {sweep['name']}")
+    tracking.end_run(uri, parent, "FINISHED" if completed else "FAILED")
+    _log(f"sweep {sweep['name']}: best trial {best_tid} ({metric}={best_value}) {best_config}")
+    return summary
+
+
+def _record_best(uri: str, parent: str, summary: dict[str, Any]) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator import tracking
+
+    tracking.log_metrics(uri, parent, {f"best_{summary['metric']}": summary["best_metric"]})
+    tracking.set_tags(uri, parent, {"best_trial_id": summary["best_trial_id"],
+                                    "best_run_id": str(summary["best_run_id"])})
+    c = tracking.client(uri)
+    for k, v in (summary["best_config"] or {}).items():
+        try:
+            c.log_param(parent, f"best.{k}", str(v))
+        except MlflowException:  # params are immutable: a resumed sweep with a new best records it as a tag
+            c.set_tag(parent, f"best.{k}", str(v))
+
+
+def _close_stopped(uri: str, run_id: str, result, metric: str, mode: str) -> None:
+    """A trial ASHA stopped was killed mid-fit: log its best validation checkpoint and close its run."""
+    from orchestrator import tracking
+    from orchestrator.train import load_checkpoint
+
+    df = result.metrics_dataframe if result is not None else None
+    last_step = None
+    if df is not None and "step" in df and not df["step"].dropna().empty:
+        last_step = int(df["step"].dropna().iloc[-1])
+    tags = {"stopped_early": "true", "stopped_at_step": str(last_step)}
+    if df is not None and "checkpoint_path" in df and metric in df:
+        rows = df.dropna(subset=["checkpoint_path", metric])
+        rows = rows[[Path(p, "model.pt").is_file() for p in rows["checkpoint_path"]]]
+        if len(rows):
+            row = rows.loc[rows[metric].idxmin() if mode == "min" else rows[metric].idxmax()]
+            saved = load_checkpoint(Path(row["checkpoint_path"]))
+            _log_model(uri, run_id, saved)
+            tags["selected_step"] = str(int(saved["step"]))
+    tracking.set_tags(uri, run_id, tags)
+    tracking.end_run(uri, run_id, "FINISHED")
+    _log(f"child run {run_id}: stopped early by ASHA at step {last_step}")

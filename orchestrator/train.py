@@ -145,8 +145,11 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
 def fit(method: str, cfg: dict[str, Any], ds, split, val_features, *, run_id: str, tracking_uri: str,
         workers: int, cpus_per_worker: float, gpus_per_worker: float, storage_path: Path, name: str,
-        max_failures: int = 1):
+        max_failures: int = 1, callbacks: list | None = None):
     """Run the data-parallel meta-training; returns Ray Train's ``Result``.
+
+    ``callbacks`` go to Ray Train's ``RunConfig`` (a sweep passes Ray Tune's
+    ``TuneReportCallback`` so the workers' reports reach the enclosing Tune trial).
 
     Re-running with the same ``name`` and ``storage_path`` resumes from the latest
     checkpoint (Ray Train V2 restores its checkpoint manager from storage).
@@ -174,6 +177,7 @@ def fit(method: str, cfg: dict[str, Any], ds, split, val_features, *, run_id: st
             name=name, storage_path=str(storage_path),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3, **scoring),
+            callbacks=callbacks or None,
         ),
     )
     return trainer.fit()
