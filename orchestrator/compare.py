@@ -195,8 +195,14 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     _check_store(uri)
     from orchestrator import tracking
 
+    from mlflow.exceptions import MlflowException
+
     client = tracking.client(uri)
-    runs, source, parent_id = _collect(client, uri, args)
+    try:
+        runs, source, parent_id = _collect(client, uri, args)
+    except MlflowException as err:  # e.g. a tracking server that is down or refuses the request
+        raise UserError(f"cannot read MLflow at {uri} ({str(err).splitlines()[0][:200]}): check --tracking-uri "
+                        f"and that the server is up (mlflow server / the tunnel in docs/scale_out.md)") from None
     kept, skipped = _select(runs, metric)
     if not kept:
         present = sorted({k for r in runs if r.info.status == "FINISHED" for k in r.data.metrics

@@ -162,3 +162,8 @@ def test_cli_bad_input_exits_2(store, capsys):
     assert main(["compare", "--tracking-uri", store["uri"], "--experiment", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: experiment 'nope' not found") and len(err.splitlines()) == 1
+
+
+def test_experiment_and_parent_are_exclusive(store, capsys):
+    assert main(["compare", "--tracking-uri", store["uri"], "--experiment", EXP, "--parent", store["parent"]]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
