@@ -421,6 +421,15 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
     parent, metric, mode = sweep["parent_run_id"], space.metric, space.mode
     trials = list(grid._experiment_analysis.trials)
     by_id = {t.trial_id: t for t in trials}
+    # Statuses as Tune saved them (what a restore will see): after Ctrl-C, Tune's clean-up marks the
+    # trials it stops TERMINATED in memory, but the state it saved just before says RUNNING/PENDING.
+    status = {t.trial_id: t.status for t in trials}
+    try:
+        from ray.tune import ExperimentAnalysis
+
+        status.update({t.trial_id: t.status for t in ExperimentAnalysis(sweep["tune_path"]).trials})
+    except Exception as err:  # noqa: BLE001 - the in-memory statuses are the fallback
+        _log(f"could not read Tune's saved state ({err.__class__.__name__}); using in-memory trial statuses")
     results = {}
     for r in grid:
         tid = (r.metrics or {}).get("trial_id")
@@ -430,7 +439,7 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
             results[tid] = r
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(uri, sweep["experiment"])
-    interrupted = len(trials) < int(sweep["trials"]) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    interrupted = len(trials) < int(sweep["trials"]) or any(v not in ("TERMINATED", "ERROR") for v in status.values())
 
     child_of: dict[str, str] = {}
     stopped, errored = 0, 0
@@ -444,20 +453,20 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
             c.delete_run(run_id)
             continue
         child_of[tid] = run_id
-        status = c.get_run(run_id).info.status
-        if status == "RUNNING" and trial.status == "TERMINATED":
+        run_status, trial_status = c.get_run(run_id).info.status, status[tid]
+        if run_status == "RUNNING" and trial_status == "TERMINATED":
             _close_stopped(uri, run_id, results.get(tid), metric, mode)
             stopped += 1
-        elif status == "RUNNING" and trial.status == "ERROR":
+        elif run_status == "RUNNING" and trial_status == "ERROR":
             tracking.end_run(uri, run_id, "FAILED")
-        elif status == "RUNNING":  # interrupted: resume sets it RUNNING again
+        elif run_status == "RUNNING":  # interrupted: resume sets it RUNNING again
             tracking.end_run(uri, run_id, "KILLED")
-        if trial.status == "ERROR":
+        if trial_status == "ERROR":
             errored += 1
-        if c.get_run(run_id).data.tags.get("stopped_early") == "true" and status != "RUNNING":
+        if c.get_run(run_id).data.tags.get("stopped_early") == "true" and run_status != "RUNNING":
             stopped += 1
 
-    completed = sum(t.status == "TERMINATED" for t in trials)
+    completed = sum(v == "TERMINATED" for v in status.values())
     best_tid, best_value, best_config = None, None, None
     for tid, r in results.items():
         row = _best_of(r.metrics_dataframe, metric, mode)
