@@ -290,6 +290,13 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     from orchestrator import tracking
     from orchestrator.data import Split
 
+    changed = [flag for flag, value in (("--trials", args.trials), ("--steps", args.steps),
+                                         ("--budget-minutes", args.budget_minutes), ("--space", args.space),
+                                         ("--dataset", args.dataset), ("--data-root", args.data_root),
+                                         ("--concurrency", args.concurrency), ("--set", args.set)) if value]
+    if changed:
+        raise UserError(f"--resume {args.resume} continues the sweep exactly as it was started (its sweep.json); "
+                        f"drop {', '.join(changed)}")
     parent_run = find_parent(uri, args.resume)
     sweep = tracking.load_json_artifact(uri, parent_run.info.run_id, "sweep.json")
     if args.method and args.method != sweep["method"]:
@@ -392,13 +399,47 @@ def _tune(sweep: dict[str, Any], uri: str, ds, split, val_features, *, restore: 
                  f"ASHA on {space.metric} every {grace} steps")
         grid = tuner.fit()
     except KeyboardInterrupt:
+        _close_running_children(uri, sweep, "KILLED")
         tracking.end_run(uri, parent, "KILLED")
         raise UserError(f"sweep {sweep['name']} interrupted: continue it with python -m orchestrator sweep "
                         f"{sweep['method']} --resume {sweep['name']}") from None
     except BaseException:
+        _close_running_children(uri, sweep, "FAILED")
         tracking.end_run(uri, parent, "FAILED")
         raise
+    _release_placement_groups()
     return _finish(sweep, uri, grid, space)
+
+
+def _release_placement_groups() -> None:
+    """Free the worker placement groups of trials Tune killed (ASHA stop, Ctrl-C).
+
+    Ray Train V2 creates them from its controller actor, so they are scoped to this driver's job
+    and outlive a killed trial; Train's ``PlacementGroupCleaner`` removes them only where the
+    State API (the dashboard) is up. Once ``Tuner.fit`` has returned no trial of this job is
+    running, so every placement group this job still holds is one of those.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    for pg_id, info in placement_group_table().items():
+        if pg_id.endswith(job) and info.get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
+            try:
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+                _log(f"released placement group {pg_id} of a stopped trial")
+            except Exception as err:  # noqa: BLE001 - already gone
+                _log(f"placement group {pg_id}: {err.__class__.__name__}")
+
+
+def _close_running_children(uri: str, sweep: dict[str, Any], status: str) -> None:
+    """Leave no child RUNNING when the driver gives up (a resume sets them RUNNING again)."""
+    from orchestrator import tracking
+
+    exp_id = tracking.experiment_id(uri, sweep["experiment"])
+    for run in children(uri, sweep["parent_run_id"], exp_id):
+        if run.info.status == "RUNNING":
+            tracking.end_run(uri, run.info.run_id, status)
 
 
 def _method_defaults(method: str) -> dict[str, Any]:
