@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
@@ -148,6 +149,10 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, ds=None, v
     if existing is not None and existing.info.status == "FINISHED":
         # Finished before the driver died but after Tune last saved its state: do not train again.
         print(f"trial {trial_id}: child run {existing.info.run_id} already finished", flush=True)
+        # Replay its validation history so Tune's record (searcher, scheduler, results) is complete again.
+        metric = ctx["metric"]
+        for m in tracking.client(uri).get_metric_history(existing.info.run_id, metric):
+            tune.report({"step": int(m.step), metric: float(m.value)})
         return
     if existing is not None:
         run_id = existing.info.run_id
@@ -359,6 +364,7 @@ def _trainable(sweep: dict[str, Any], uri: str, ds, val_features):
         "trial_storage": str(Path(sweep["storage"]) / "sweep_trials" / sweep["name"]),
         "workers": sweep["workers_per_trial"], "cpus_per_worker": sweep["cpus_per_worker"],
         "gpus_per_worker": sweep["gpus_per_worker"], "max_failures": sweep["max_failures"],
+        "metric": sweep["space"]["metric"],
     }
     fn = tune.with_parameters(_trial, ctx=ctx, ds=ds, val_features=val_features)
     # The trial's driver function needs no CPU (its TorchTrainer's workers hold them); an empty
@@ -448,13 +454,6 @@ def _method_defaults(method: str) -> dict[str, Any]:
     return method_class(method).default_config
 
 
-def _best_of(df, metric: str, mode: str):
-    if df is None or metric not in df or df[metric].dropna().empty:
-        return None
-    col = df[metric]
-    return df.loc[col.idxmin() if mode == "min" else col.idxmax()]
-
-
 def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
     """Close every child run (stopped-early ones by hand), pick the best trial, record it on the parent."""
     from orchestrator import tracking
@@ -508,12 +507,14 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
             stopped += 1
 
     completed = sum(v == "TERMINATED" for v in status.values())
+    # The best trial by its best validation value, read from MLflow: a trial resumed from a checkpoint
+    # reported to Tune only after the resume, but its child run holds the whole history.
     best_tid, best_value, best_config = None, None, None
-    for tid, r in results.items():
-        row = _best_of(r.metrics_dataframe, metric, mode)
-        if row is None:
+    for tid, run_id in child_of.items():
+        values = [m.value for m in c.get_metric_history(run_id, metric) if math.isfinite(m.value)]
+        if not values:
             continue
-        v = float(row[metric])
+        v = float(min(values) if mode == "min" else max(values))
         if best_value is None or (v < best_value if mode == "min" else v > best_value):
             best_tid, best_value = tid, v
             best_config = {k: by_id[tid].config[k] for k in space.params if k in by_id[tid].config}
