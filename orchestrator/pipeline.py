@@ -141,7 +141,7 @@ def _resume(run_id: str, overrides: dict[str, Any], sets: list[str], *, uri: str
     features = features_for(ds, split, inception_weights) if inception_weights else val_features
     started = ensure_ray(address)
     tracking.client(uri).update_run(run_id, status="RUNNING")
-    name, storage = run.data.tags["ray_run_name"], Path(run.data.tags["ray_storage_path"])
+    name, storage = run.data.tags["ray_run_name"], run.data.tags["ray_storage_path"]
     log(f"resuming MLflow run {run_id} (Ray Train run {name})")
     return _fit_and_evaluate(method, cfg, ds, split, val_features, features, run_id=run_id, uri=uri,
                              name=name, storage=storage, started=started, **scale)

@@ -144,7 +144,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
 
 def fit(method: str, cfg: dict[str, Any], ds, split, val_features, *, run_id: str, tracking_uri: str,
-        workers: int, cpus_per_worker: float, gpus_per_worker: float, storage_path: Path, name: str,
+        workers: int, cpus_per_worker: float, gpus_per_worker: float, storage_path: str, name: str,
         max_failures: int = 1, callbacks: list | None = None):
     """Run the data-parallel meta-training; returns Ray Train's ``Result``.
 
@@ -196,5 +196,7 @@ def new_run_name(method: str) -> str:
     return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def default_storage() -> Path:
-    return Path(os.environ.get("FSIG_STORAGE", Path.cwd() / ".orchestrator" / "ray_results")).resolve()
+def default_storage() -> str:
+    """``$FSIG_STORAGE`` or ``./.orchestrator/ray_results``; URIs (``s3://...``) pass through untouched."""
+    value = os.environ.get("FSIG_STORAGE", str(Path.cwd() / ".orchestrator" / "ray_results"))
+    return value if "://" in value else str(Path(value).resolve())
