@@ -8,6 +8,10 @@ How it fits together (Ray 2.60, Train V2):
   ``split.json``) and runs a Tune ``Tuner`` with ``OptunaSearch`` (TPE, seeded by ``--seed``) and
   ``ASHAScheduler`` on the search space's metric (``val_fid_domain`` by default), with
   ``time_attr="step"`` (the meta-step the workers report).
+- A trial's config: harness defaults < method defaults < ``select_metric`` = the space's metric <
+  the space's ``fixed:`` < CLI flags (``--dataset``, ``--steps``, ``--budget-minutes`` ...) < ``--set``
+  < the trial's searched values (``--set`` on a searched key is refused). Defaults: 4 trials of
+  1 minute each, as many at a time as the cluster's CPUs hold (2 here).
 - Each trial is a Tune *function* trainable (``_trial``) that requests no CPU (``{"cpu": 0,
   "memory": 1}``) and builds a ``TorchTrainer`` through ``orchestrator.train.fit`` with Ray Tune's
   ``TuneReportCallback``: every ``eval_every`` steps the workers' ``ray.train.report`` (losses and
@@ -247,9 +251,9 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         budget = DEFAULT_BUDGET_MINUTES
     flags = {"dataset": args.dataset, "data_root": args.data_root, "steps": steps if steps is not None else 0,
              "budget_minutes": budget if budget is not None else 0.0}
-    cfg = config_mod.resolve(cls.default_config, {**space.fixed, **{k: v for k, v in flags.items()
-                                                                     if v is not None}}, args.set)
-    cfg["select_metric"] = space.metric  # checkpoints are chosen on the metric the sweep ranks by
+    # Checkpoints are chosen on the metric the sweep ranks by (unless --set select_metric=... says otherwise).
+    overrides = {"select_metric": space.metric, **space.fixed, **{k: v for k, v in flags.items() if v is not None}}
+    cfg = config_mod.resolve(cls.default_config, overrides, args.set)
     if int(cfg["steps"]) <= 0 and float(cfg["budget_minutes"]) <= 0:
         raise UserError("no budget: pass --steps N or --budget-minutes M (per trial)")
     name = new_sweep_name(args.method)

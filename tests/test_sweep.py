@@ -88,6 +88,10 @@ def test_malformed_space_stops_the_cli_before_anything_starts(tmp_path, capsys):
     assert not (tmp_path / "mlflow.db").exists()  # nothing recorded
     assert main(["sweep", "figr", "--set", "inner_lr=0.1", "--tracking-uri", uri]) == 2  # searched key
     assert "inner_lr is searched" in capsys.readouterr().err
+    assert main(["sweep", "figr", "--resume", "sweep-x", "--trials", "3", "--tracking-uri", uri]) == 2
+    assert "drop --trials" in capsys.readouterr().err
+    assert main(["sweep", "figr", "--resume", "sweep-x", "--tracking-uri", uri]) == 2
+    assert "no sweep of that name" in capsys.readouterr().err
 
 
 def test_figr_space_maps_to_optuna_distributions():
