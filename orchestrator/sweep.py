@@ -90,6 +90,11 @@ def _absolute_uri(uri: str) -> str:
     return uri
 
 
+def _join(storage: str, *parts: str) -> str:
+    """Join under a local path or a URI (``s3://bucket/x``), which ``pathlib`` would mangle."""
+    return "/".join([str(storage).rstrip("/"), *parts])
+
+
 def new_sweep_name(method: str) -> str:
     return f"sweep-{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
@@ -147,7 +152,7 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, ds=None, v
     cfg = {**ctx["config"], **config}
     split = Split.from_dict(ctx["split"])
     train_name = f"{ctx['sweep_name']}-{trial_id}"
-    storage = Path(ctx["trial_storage"])
+    storage = ctx["trial_storage"]  # a local path or a URI (s3://...)
 
     existing = find_child(uri, parent, ctx["experiment_id"], trial_id)
     if existing is not None and existing.info.status == "FINISHED":
@@ -166,7 +171,7 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, ds=None, v
         searched = {f"searched.{k}": str(v) for k, v in config.items()}
         run_id = tracking.start_run(uri, ctx["experiment"], f"trial-{trial_id}", cfg, {
             "method": method, "dataset": cfg["dataset"], "split_seed": str(split.seed), "seed": str(cfg["seed"]),
-            "ray_run_name": train_name, "ray_storage_path": str(storage), "workers": str(ctx["workers"]),
+            "ray_run_name": train_name, "ray_storage_path": storage, "workers": str(ctx["workers"]),
             "features": val_features.kind, TRIAL_TAG: trial_id, "sweep_name": ctx["sweep_name"],
             "sweep_role": "trial", **searched}, parent_run_id=parent)
         tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
@@ -263,7 +268,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         "trials": trials, "concurrency": args.concurrency, "workers_per_trial": args.workers_per_trial,
         "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker, "seed": args.seed,
         "max_failures": args.max_failures, "experiment": args.experiment or tracking.DEFAULT_EXPERIMENT,
-        "storage": str(storage), "tune_path": str(storage / name),
+        "storage": storage, "tune_path": _join(storage, name),
     }
     ds, split, val_features = _data(cfg)
     started = _ensure_ray(args.address)
@@ -365,7 +370,7 @@ def _trainable(sweep: dict[str, Any], uri: str, ds, val_features):
         "uri": uri, "parent_run_id": sweep["parent_run_id"], "method": sweep["method"], "config": sweep["config"],
         "split": sweep["split"], "sweep_name": sweep["name"], "experiment": sweep["experiment"],
         "experiment_id": tracking.experiment_id(uri, sweep["experiment"]),
-        "trial_storage": str(Path(sweep["storage"]) / "sweep_trials" / sweep["name"]),
+        "trial_storage": _join(sweep["storage"], "sweep_trials", sweep["name"]),
         "workers": sweep["workers_per_trial"], "cpus_per_worker": sweep["cpus_per_worker"],
         "gpus_per_worker": sweep["gpus_per_worker"], "max_failures": sweep["max_failures"],
         "metric": sweep["space"]["metric"],
