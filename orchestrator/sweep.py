@@ -22,8 +22,9 @@ How it fits together (Ray 2.60, Train V2):
   classes and ``checkpoint/model.pt``. ``evaluate RUN_ID`` and ``generate RUN_ID`` work on it.
 - A trial that ASHA stops is killed by Tune, so its child run is closed by the driver after
   the sweep: ``FINISHED`` with tags ``stopped_early=true`` and ``stopped_at_step``, with its best
-  validation checkpoint logged as ``checkpoint/model.pt``. It is *not* evaluated on novel classes
-  (it lost on validation; evaluating it would only cost time).
+  validation checkpoint logged as ``checkpoint/model.pt``. It is evaluated on novel classes only
+  if it turns out to be the best trial (trials rank by their best validation value, so a trial
+  stopped after a good early checkpoint can win); the others lost on validation.
 - Resume: the sweep's name is printed at start. After Ctrl-C (Tune saves its state and returns)
   or a killed driver, ``sweep METHOD --resume NAME`` finds the parent run by its tag, reloads
   ``sweep.json`` (method, config, space, resources: only these are used) and calls
@@ -423,7 +424,7 @@ def _tune(sweep: dict[str, Any], uri: str, ds, split, val_features, *, restore: 
         tracking.end_run(uri, parent, "FAILED")
         raise
     _release_placement_groups()
-    return _finish(sweep, uri, grid, space)
+    return _finish(sweep, uri, grid, space, (ds, split, val_features))
 
 
 def _release_placement_groups() -> None:
@@ -463,7 +464,7 @@ def _method_defaults(method: str) -> dict[str, Any]:
     return method_class(method).default_config
 
 
-def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
+def _finish(sweep: dict[str, Any], uri: str, grid, space, data) -> dict[str, Any]:
     """Close every child run (stopped-early ones by hand), pick the best trial, record it on the parent."""
     from orchestrator import tracking
 
@@ -537,6 +538,7 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
     tracking.log_metrics(uri, parent, {"trials_completed": completed, "trials_stopped_early": stopped,
                                        "trials_errored": errored})
     if best_tid is not None:
+        _evaluate_if_stopped(sweep, uri, child_of[best_tid], *data)
         _record_best(uri, parent, summary)
     if interrupted:
         tracking.end_run(uri, parent, "KILLED")
@@ -545,6 +547,25 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space) -> dict[str, Any]:
     tracking.end_run(uri, parent, "FINISHED" if completed else "FAILED")
     _log(f"sweep {sweep['name']}: best trial {best_tid} ({metric}={best_value}) {best_config}")
     return summary
+
+
+def _evaluate_if_stopped(sweep: dict[str, Any], uri: str, run_id: str, ds, split, features) -> None:
+    """The best trial may be one ASHA stopped (ranked by its best validation value, not its last):
+    give it the novel-class evaluation its trial function did not live to run."""
+    from orchestrator import tracking
+    from orchestrator.pipeline import evaluate_state, log_evaluation
+    from orchestrator.train import load_checkpoint
+
+    run = tracking.client(uri).get_run(run_id)
+    if run.data.tags.get("stopped_early") != "true" or "fid_domain" in run.data.metrics \
+            or run.data.tags.get("selected_step") is None:
+        return
+    saved = load_checkpoint(tracking.download(uri, run_id, "checkpoint/model.pt").parent)
+    cfg = {**sweep["config"], **tracking.load_json_artifact(uri, run_id, "config.json")["config"]}
+    _log(f"best trial's child run {run_id} was stopped early: evaluating its step-{saved['step']} checkpoint")
+    result = evaluate_state(sweep["method"], cfg, ds, split, saved["state"], features,
+                            seed=int(cfg["eval_seed"]), n_generate=int(cfg["n_generate"]))
+    log_evaluation(uri, run_id, result, int(saved["step"]), "novel_samples.png")
 
 
 def _record_best(uri: str, parent: str, summary: dict[str, Any]) -> None:

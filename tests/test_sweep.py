@@ -193,6 +193,7 @@ def test_tiny_sweep_is_one_parent_with_two_finished_children(store, tmp_path, ca
             assert "fid_domain" in m and "class_hit_scratch" in m
     best = c.get_run(out["best_run_id"])
     assert float(best.data.params["inner_lr"]) == pytest.approx(out["best_config"]["inner_lr"])
+    assert "fid_domain" in best.data.metrics  # evaluated on novel classes even if ASHA stopped it
 
 
 def test_interrupted_sweep_resumes_to_exactly_its_trials(store, tmp_path, capsys):
