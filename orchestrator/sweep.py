@@ -503,17 +503,20 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, data) -> dict[str, Any
             c.delete_run(run_id)
             continue
         child_of[tid] = run_id
-        run_status, trial_status = c.get_run(run_id).info.status, status[tid]
-        if run_status == "RUNNING" and trial_status == "TERMINATED":
+        current = c.get_run(run_id)
+        run_status, trial_status = current.info.status, status[tid]
+        ran_to_end = current.data.tags.get("stopped_early") == "false"
+        # A trial ASHA stops is torn down mid-fit: its run is left RUNNING, or FAILED when the teardown
+        # raised inside the trial's own handler; either way Tune calls it TERMINATED.
+        if trial_status == "TERMINATED" and run_status != "FINISHED" and not ran_to_end:
             _close_stopped(uri, run_id, results.get(tid), metric, mode)
-            stopped += 1
         elif run_status == "RUNNING" and trial_status == "ERROR":
             tracking.end_run(uri, run_id, "FAILED")
         elif run_status == "RUNNING":  # interrupted: resume sets it RUNNING again
             tracking.end_run(uri, run_id, "KILLED")
         if trial_status == "ERROR":
             errored += 1
-        if c.get_run(run_id).data.tags.get("stopped_early") == "true" and run_status != "RUNNING":
+        if c.get_run(run_id).data.tags.get("stopped_early") == "true":
             stopped += 1
 
     completed = sum(v == "TERMINATED" for v in status.values())
