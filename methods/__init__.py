@@ -1,7 +1,7 @@
 """Method registry (timm-style): ``@register`` a class, ``get(name)`` it back."""
 from __future__ import annotations
 
-from methods.base import Episode, GradSync, Method, Sampler, Task, no_sync
+from methods.base import Diagnostics, Episode, GradSync, Method, Sampler, Task, no_sync
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -24,4 +24,4 @@ def get(name: str) -> type[Method]:
 
 from methods import figr  # noqa: E402,F401  (registers itself)
 
-__all__ = ["Episode", "GradSync", "Method", "Sampler", "Task", "available", "get", "no_sync", "register"]
+__all__ = ["Diagnostics", "Episode", "GradSync", "Method", "Sampler", "Task", "available", "get", "no_sync", "register"]

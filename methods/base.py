@@ -7,7 +7,7 @@ and the method calls it on whatever it is about to step with an optimizer.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Protocol
 
 import torch
@@ -38,6 +38,17 @@ class Episode:
     seed: int
 
 
+@dataclass
+class Diagnostics:
+    """Method-specific measurements the harness logs beside the protocol's metrics.
+
+    ``figures``: name -> (images in [-1, 1] as [N, C, H, W], images per row); logged as PNGs.
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
+
+
 class Sampler(Protocol):
     """What an adapted model offers: fresh images of the class it was adapted to."""
 
@@ -53,6 +64,9 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     default_config: ClassVar[dict[str, Any]]
+    # Harness keys this method wants a different default for (e.g. ``tasks_per_worker``: classes
+    # per meta-step); still overridable with ``--set``.
+    harness_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
         self.config = {**self.default_config, **config}
@@ -66,6 +80,14 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def adapt(self, shots: torch.Tensor, seed: int, steps: int | None = None) -> Sampler:
         """Few-shot adaptation on [k, C, H, W] shots without touching the meta-parameters."""
+
+    def diagnostics(self, shots: dict[int, torch.Tensor], seed: int) -> Diagnostics:
+        """Optional: measurements on evaluation classes given their shots ([k, C, H, W] per class).
+
+        Called by the protocol after generation (validation classes during training, novel
+        classes at the end) with the same seeded shots; e.g. MFH reports memory usage here.
+        """
+        return Diagnostics()
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]: ...

@@ -70,10 +70,15 @@ def apply_overrides(config: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve(method_defaults: dict[str, Any], overrides: dict[str, Any], sets: list[str]) -> dict[str, Any]:
-    """Harness defaults, then the method's, then CLI flags (``overrides``), then ``--set``."""
+def resolve(method_defaults: dict[str, Any], overrides: dict[str, Any], sets: list[str],
+            harness_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Harness defaults (with the method's ``harness_defaults`` over them, e.g. a method that wants
+    several classes per step raises ``tasks_per_worker``), then the method's own keys, then CLI
+    flags (``overrides``), then ``--set``."""
     clash = set(HARNESS_DEFAULTS) & set(method_defaults)
     assert not clash, f"method config keys clash with the harness's: {clash}"
-    config = {**HARNESS_DEFAULTS, **method_defaults}
+    unknown = set(harness_defaults or {}) - set(HARNESS_DEFAULTS)
+    assert not unknown, f"harness_defaults names keys the harness does not have: {unknown}"
+    config = {**HARNESS_DEFAULTS, **(harness_defaults or {}), **method_defaults}
     config.update({k: v for k, v in overrides.items() if v is not None})
     return apply_overrides(config, sets)

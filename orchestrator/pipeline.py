@@ -70,13 +70,12 @@ def evaluate_state(method: str, cfg: dict[str, Any], ds, split, state: dict, fea
 
 
 def log_evaluation(uri: str, run_id: str, result, step: int, name: str) -> None:
-    from orchestrator.evaluation import save_grid
+    from orchestrator.evaluation import save_result_images
 
     tracking.log_metrics(uri, run_id, result.metrics, step)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        save_grid(result.grid, path, nrow=result.grid_nrow)
-        tracking.log_file(uri, run_id, path, "samples")
+        for path in save_result_images(result, tmp, name, suffix=f"_{Path(name).stem}"):
+            tracking.log_file(uri, run_id, path, "samples")
 
 
 def ensure_ray(address: str | None) -> bool:
@@ -104,7 +103,7 @@ def run_train(method: str, overrides: dict[str, Any], sets: list[str], *, worker
                        gpus_per_worker=gpus_per_worker, uri=uri, address=address,
                        inception_weights=inception_weights, max_failures=max_failures)
     cls = method_class(method)
-    cfg = config_mod.resolve(cls.default_config, overrides, sets)
+    cfg = config_mod.resolve(cls.default_config, overrides, sets, cls.harness_defaults)
     if int(cfg["steps"]) <= 0 and float(cfg["budget_minutes"]) <= 0:
         raise UserError("no budget: pass --steps N or --budget-minutes M")
     ds, split = prepare_data(cfg)

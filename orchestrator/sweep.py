@@ -259,7 +259,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
              "budget_minutes": budget if budget is not None else 0.0}
     # Checkpoints are chosen on the metric the sweep ranks by (unless --set select_metric=... says otherwise).
     overrides = {"select_metric": space.metric, **space.fixed, **{k: v for k, v in flags.items() if v is not None}}
-    cfg = config_mod.resolve(cls.default_config, overrides, args.set)
+    cfg = config_mod.resolve(cls.default_config, overrides, args.set, cls.harness_defaults)
     if int(cfg["steps"]) <= 0 and float(cfg["budget_minutes"]) <= 0:
         raise UserError("no budget: pass --steps N or --budget-minutes M (per trial)")
     name = new_sweep_name(args.method)

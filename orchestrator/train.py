@@ -123,11 +123,11 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 report.update(val)
                 tracking.log_metrics(uri, run_id, val, step)
                 with tempfile.TemporaryDirectory() as tmp:
-                    from orchestrator.evaluation import save_grid
+                    from orchestrator.evaluation import save_result_images
 
-                    grid = Path(tmp) / f"val_samples_step{step:06d}.png"
-                    save_grid(result.grid, grid, nrow=result.grid_nrow)
-                    tracking.log_file(uri, run_id, grid, "samples")
+                    for path in save_result_images(result, tmp, f"val_samples_step{step:06d}.png",
+                                                   suffix=f"_val_step{step:06d}"):
+                        tracking.log_file(uri, run_id, path, "samples")
                 print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in val.items()), flush=True)
                 tmpdir = tempfile.mkdtemp(prefix="fsig-ckpt-")
                 save_checkpoint(method, step, time.perf_counter() - start, Path(tmpdir))

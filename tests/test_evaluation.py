@@ -242,3 +242,29 @@ def test_protocol_wrong_class_generator_at_chance_and_cheap_path(digits, dom):
     # controls=False: only the adapted scores (used for checkpoint selection on validation classes)
     assert {"fid_domain", "kid_domain", "class_hit"} <= set(m)
     assert not any(k.endswith(("_scratch", "_unadapted", "_shots", "_real")) or k in ("mse", "ssim") for k in m)
+
+
+class WithDiagnostics(RealImages):
+    """A method that reports its own measurements through ``Method.diagnostics``."""
+
+    def diagnostics(self, shots, seed):
+        from methods import Diagnostics
+
+        first = next(iter(shots.values()))
+        return Diagnostics(metrics={"n_diag_classes": float(len(shots)), "diag_seed": float(seed)},
+                           figures={"shots_strip": (torch.cat(list(shots.values())), first.shape[0])})
+
+
+def test_method_diagnostics_get_the_protocols_shots_and_land_in_the_result(digits, dom, tmp_path):
+    from orchestrator.evaluation import save_result_images
+
+    ds, split = digits
+    classes = split.val + split.novel
+    res = evaluate_generator(WithDiagnostics(ds), None, ds, classes, dom, shots=2, n_generate=8, seed=5,
+                             controls=False, progress=False)
+    assert res.metrics["n_diag_classes"] == len(classes) and res.metrics["diag_seed"] == 5
+    strip, nrow = res.figures["shots_strip"]
+    expected = torch.cat([ds.get(split_shots(ds, c, 2, seed=5)[0]).float() for c in classes])
+    assert nrow == 2 and torch.equal(strip, expected)
+    paths = save_result_images(res, tmp_path, "grid.png", suffix="_x")
+    assert [p.name for p in paths] == ["grid.png", "shots_strip_x.png"] and all(p.stat().st_size > 100 for p in paths)

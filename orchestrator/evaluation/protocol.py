@@ -41,6 +41,7 @@ class EvalResult:
     shot_indices: dict[int, list[int]] = field(default_factory=dict)
     feature_kind: str = ""
     feature_description: str = ""
+    figures: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)  # the method's diagnostics
 
 
 def split_shots(ds: Any, c: int, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,11 +136,13 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
     grid_rows: list[torch.Tensor] = []
     kept: dict[int, torch.Tensor] = {}
     shot_indices: dict[int, list[int]] = {}
+    shots_by_class: dict[int, torch.Tensor] = {}
 
     for i, c in enumerate(classes):
         shot_idx, real_idx = split_shots(ds, c, shots, seed)
         shot_indices[c] = [int(j) for j in shot_idx]
         shot_imgs, real_imgs = ds.get(shot_idx).float(), ds.get(real_idx).float()
+        shots_by_class[c] = shot_imgs
         real_feats[c] = features(real_imgs)
 
         fake = _generate(method, shot_imgs, c, seed, n_generate, adapt_steps, shape)
@@ -186,13 +189,19 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
     m.update({"chance": 1.0 / len(classes), "n_classes": float(len(classes)),
               "n_generated": float(n_generate * len(classes)), "n_per_class": float(n_generate),
               "n_reals": float(len(real_all)), "shots": float(shots)})
+    diag = method.diagnostics(shots_by_class, seed) if hasattr(method, "diagnostics") else None
+    if diag is not None:
+        clash = set(diag.metrics) & set(m)
+        assert not clash, f"{type(method).__name__}.diagnostics reuses protocol metric names: {clash}"
+        m.update(diag.metrics)
     m = {k: float(v) for k, v in m.items()}
     say(f"done in {time.time() - t0:.1f}s: " + ", ".join(
         f"{k}={m[k]:.4g}" for k in (f"fid_{kind}", f"kid_{kind}", "class_hit", f"fid_{kind}_scratch",
                                     "class_hit_scratch", f"fid_{kind}_shots") if k in m))
     return EvalResult(metrics=m, grid=torch.cat(grid_rows).clamp(-1, 1), grid_nrow=shots + n_grid,
                       generated_per_class=kept, shot_indices=shot_indices, feature_kind=kind,
-                      feature_description=features.description)
+                      feature_description=features.description,
+                      figures=dict(diag.figures) if diag is not None else {})
 
 
 def save_grid(tensor: torch.Tensor, path: Path | str, nrow: int) -> Path:
@@ -203,3 +212,12 @@ def save_grid(tensor: torch.Tensor, path: Path | str, nrow: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(tensor.detach().float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
     return path
+
+
+def save_result_images(result: EvalResult, directory: Path | str, grid_name: str, suffix: str = "") -> list[Path]:
+    """The sample grid (``grid_name``) and each of the method's diagnostic figures (``<name><suffix>.png``)."""
+    directory = Path(directory)
+    paths = [save_grid(result.grid, directory / grid_name, nrow=result.grid_nrow)]
+    for name, (images, nrow) in result.figures.items():
+        paths.append(save_grid(images.clamp(-1, 1), directory / f"{name}{suffix}.png", nrow=nrow))
+    return paths
