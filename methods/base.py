@@ -68,10 +68,14 @@ class Method(abc.ABC):
     # per meta-step); still overridable with ``--set``.
     harness_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
+    def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
+                 num_classes: int = 0):
+        # num_classes: how many classes the dataset has (Task.label indexes them); methods with a
+        # class-conditional part (a discriminator that classifies base classes) size it with this.
         self.config = {**self.default_config, **config}
         self.image_shape = tuple(image_shape)
         self.device = torch.device(device)
+        self.num_classes = int(num_classes)
 
     @abc.abstractmethod
     def meta_train_step(self, tasks: list[Task], sync: GradSync = no_sync) -> dict[str, float]:

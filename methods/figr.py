@@ -103,8 +103,9 @@ class FIGR(Method):
         "init_seed": 0,
     }
 
-    def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
-        super().__init__(config, image_shape, device)
+    def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
+                 num_classes: int = 0):
+        super().__init__(config, image_shape, device, num_classes)
         cfg = self.config
         self.arch = str(cfg["arch"])
         if self.arch not in ARCHS:

@@ -61,10 +61,10 @@ def evaluate_state(method: str, cfg: dict[str, Any], ds, split, state: dict, fea
     """The protocol on novel classes: adapted, unadapted, scratch-adapted and shots controls."""
     from orchestrator.evaluation import evaluate_generator
 
-    model = build_method(method, cfg, ds.image_shape)
+    model = build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
     model.load_state_dict(state)
     log(f"evaluating on {len(split.novel)} novel classes with {features.kind} features (seed {seed})")
-    return evaluate_generator(model, lambda: build_method(method, cfg, ds.image_shape), ds, split.novel,
+    return evaluate_generator(model, lambda: build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes), ds, split.novel,
                               features, shots=int(cfg["shots"]), n_generate=n_generate, seed=seed,
                               controls=True, progress=True)
 
@@ -232,11 +232,11 @@ def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path,
                  save_images: Path | None, steps: int | None) -> dict[str, Any]:
     if n < 1:
         raise UserError(f"--n {n}: ask for at least one image")
-    method, cfg, _, state = load_run(uri, run_id)
+    method, cfg, split_dict, state = load_run(uri, run_id)
     from orchestrator.evaluation import save_grid
 
     shots = load_images(images, int(cfg["image_size"]), int(cfg["channels"]))
-    model = build_method(method, cfg, tuple(shots.shape[1:]))
+    model = build_method(method, cfg, tuple(shots.shape[1:]), num_classes=len(split_dict["class_names"]))
     model.load_state_dict(state["state"])
     sampler = model.adapt(shots, seed=seed, steps=steps)
     fake = sampler.sample(n, seed=seed).cpu()

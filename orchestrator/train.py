@@ -32,10 +32,10 @@ def method_class(name: str) -> type[Method]:
 
 
 def build_method(name: str, cfg: dict[str, Any], image_shape: tuple[int, int, int],
-                 device: torch.device | str = "cpu") -> Method:
+                 device: torch.device | str = "cpu", num_classes: int = 0) -> Method:
     """Instantiate a method from the flat run config (only its own keys reach it)."""
     cls = method_class(name)
-    return cls({k: cfg[k] for k in cls.default_config}, image_shape, device)
+    return cls({k: cfg[k] for k in cls.default_config}, image_shape, device, num_classes)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -69,7 +69,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     ds = ray.get(loop["dataset_ref"])
     split = Split.from_dict(loop["split"])
     val_features = ray.get(loop["val_features_ref"])
-    method = build_method(loop["method"], cfg, ds.image_shape, device)
+    method = build_method(loop["method"], cfg, ds.image_shape, device, ds.num_classes)
 
     step, elapsed = 0, 0.0
     checkpoint = ray.train.get_checkpoint()
