@@ -10,6 +10,11 @@ is not a result. Two more kinds of run are left out of the ranking, each counted
 - an ``evaluate`` re-run (tag ``evaluates``): picking the best of several eval seeds of one model
   would select on evaluation noise.
 
+Runs are ranked by a validation metric by default (``val_fid_domain``): choosing the "best" run
+by its novel-class score would select on the test classes. A ``val_*`` metric's value is its best
+over the run's history (what checkpoint selection used), not its last; the table then shows the
+chosen run's novel-class metrics.
+
 Heavy imports (MLflow, matplotlib) happen inside ``run`` so ``--help`` stays fast.
 """
 from __future__ import annotations
@@ -36,7 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="MLflow experiment whose runs are compared (default: fewshot-generation)")
     src.add_argument("--parent", metavar="RUN_ID", default=None,
                      help="a sweep's parent run: compare its child runs and log the plot to it")
-    p.add_argument("--metric", default="fid_domain", help="metric that picks the best run (default fid_domain)")
+    p.add_argument("--metric", default="val_fid_domain",
+                   help="metric that picks the best run (default val_fid_domain: validation classes, best "
+                        "value of each run's history; a novel-class metric such as fid_domain selects on test classes)")
     p.add_argument("--mode", choices=("min", "max"), default=None,
                    help="whether lower or higher --metric is better (default: from its name; "
                         "fid/kid/mse/loss: min, class_hit/ssim/accuracy: max)")
@@ -135,10 +142,19 @@ def _select(runs: list, metric: str) -> tuple[list, dict[str, int]]:
     return kept, skipped
 
 
-def _row_metrics(run, metric: str) -> dict[str, float | None]:
+def _value(client, run, metric: str, mode: str) -> float | None:
+    """A ``val_*`` metric: its best logged value (the one checkpoint selection used); else the latest."""
+    if not metric.startswith("val_"):
+        return _finite(run.data.metrics.get(metric))
+    values = [v for v in (_finite(m.value) for m in client.get_metric_history(run.info.run_id, metric))
+              if v is not None]
+    return (min if mode == "min" else max)(values) if values else None
+
+
+def _row_metrics(run, metric: str, value: float | None) -> dict[str, float | None]:
     m = run.data.metrics
-    keys = [metric] + sorted(k for k in m if k.startswith(("fid_", "kid_"))) + [k for k in _ROW_METRICS if k in m]
-    return {k: _finite(m[k]) for k in dict.fromkeys(keys)}
+    keys = sorted(k for k in m if k.startswith(("fid_", "kid_"))) + [k for k in _ROW_METRICS if k in m]
+    return {metric: value, **{k: _finite(m[k]) for k in dict.fromkeys(keys) if k != metric}}
 
 
 def _fmt(v: float | None) -> str:
@@ -221,12 +237,14 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     best_index: dict[str, int] = {}
     several_datasets = len({d for _, d in groups}) > 1
     for (method, dataset), group in sorted(groups.items()):
-        values = [float(r.data.metrics[metric]) for r in group]
+        scored = [(r, _value(client, r, metric, mode)) for r in group]
+        group = [r for r, v in scored if v is not None]
+        values = [float(v) for _, v in scored if v is not None]
         i = values.index(pick(values))  # first of equals: the earlier run
         best = group[i]
         rows.append({"method": method, "dataset": dataset, "run_id": best.info.run_id,
                      "run_name": best.info.run_name, "n_runs": len(group), "value": values[i],
-                     "metrics": _row_metrics(best, metric)})
+                     "metrics": _row_metrics(best, metric, values[i])})
         label = f"{method} / {dataset}" if several_datasets else method
         series[label], best_index[label] = values, i
 

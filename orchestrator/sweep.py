@@ -50,6 +50,8 @@ from typing import Any
 from orchestrator.errors import UserError
 
 DEFAULT_TRIALS = 4
+SEARCHES = ("tpe", "random")
+SCHEDULERS = ("asha", "none")
 DEFAULT_BUDGET_MINUTES = 1.0
 TRIAL_TAG = "tune_trial_id"
 
@@ -68,7 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help="search-space YAML (default: search_spaces/METHOD.yaml)")
     p.add_argument("--dataset", help="digits (default, no download), omniglot, mnist, fashion-mnist, folder")
     p.add_argument("--data-root", help="local folder holding the dataset's files")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (TPE)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (TPE or random)")
+    p.add_argument("--search", choices=SEARCHES, default="tpe",
+                   help="Optuna sampler: tpe (default) or random (the baseline a tuned search must beat)")
+    p.add_argument("--startup-trials", type=int,
+                   help="TPE's random start-up trials before it models the results "
+                        "(default max(2, trials // 3); Optuna's own 10 would make a small sweep pure random)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
+                   help="asha (default): stop trials that trail at each rung; none: every trial runs its budget")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a non-searched config value for every trial")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
@@ -244,6 +253,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     cls = method_class(args.method)
     trials = DEFAULT_TRIALS if args.trials is None else args.trials
     _validate_scale(trials, args.concurrency, args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
+    if args.startup_trials is not None and args.startup_trials < 1:
+        raise UserError(f"--startup-trials {args.startup_trials}: need at least 1 random start-up trial")
     space_path = Path(args.space) if args.space else search_space.default_path(args.method)
     space = search_space.load(space_path, cls.default_config)
     for item in args.set:
@@ -269,6 +280,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         "trials": trials, "concurrency": args.concurrency, "workers_per_trial": args.workers_per_trial,
         "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker, "seed": args.seed,
         "max_failures": args.max_failures, "experiment": args.experiment or tracking.DEFAULT_EXPERIMENT,
+        "search": args.search, "scheduler": args.scheduler,
+        "startup_trials": args.startup_trials if args.startup_trials is not None else max(2, trials // 3),
         "storage": storage, "tune_path": _join(storage, name),
     }
     ds, split, val_features = _data(cfg)
@@ -276,7 +289,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     try:
         parent_params = {k: v for k, v in cfg.items() if k not in space.params}
         parent_params.update({f"sweep.{k}": sweep[k] for k in ("trials", "concurrency", "workers_per_trial",
-                                                               "cpus_per_worker", "gpus_per_worker", "seed")})
+                                                               "cpus_per_worker", "gpus_per_worker", "seed",
+                                                               "search", "scheduler", "startup_trials")})
         parent_params.update({"sweep.metric": space.metric, "sweep.mode": space.mode,
                               "sweep.space_file": str(space_path),
                               **{f"space.{k}": json.dumps(p.describe()) for k, p in space.params.items()}})
@@ -308,7 +322,10 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     changed = [flag for flag, value in (("--trials", args.trials), ("--steps", args.steps),
                                          ("--budget-minutes", args.budget_minutes), ("--space", args.space),
                                          ("--dataset", args.dataset), ("--data-root", args.data_root),
-                                         ("--concurrency", args.concurrency), ("--set", args.set)) if value]
+                                         ("--concurrency", args.concurrency), ("--set", args.set),
+                                         ("--startup-trials", args.startup_trials),
+                                         ("--search", args.search != "tpe"),
+                                         ("--scheduler", args.scheduler != "asha")) if value]
     if changed:
         raise UserError(f"--resume {args.resume} continues the sweep exactly as it was started (its sweep.json); "
                         f"drop {', '.join(changed)}")
@@ -402,17 +419,19 @@ def _tune(sweep: dict[str, Any], uri: str, ds, split, val_features, *, restore: 
             steps = int(cfg["steps"])
             grace = max(1, int(cfg["eval_every"]))
             scheduler = ASHAScheduler(time_attr="step", max_t=max(steps, grace) if steps > 0 else 10 ** 9,
-                                      grace_period=grace, reduction_factor=2, stop_last_trials=False)
+                                      grace_period=grace, reduction_factor=2, stop_last_trials=False) \
+                if sweep.get("scheduler", "asha") == "asha" else None  # None: Tune's FIFO, every trial to the end
             tuner = tune.Tuner(
                 trainable, param_space=space.to_tune(),
                 tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
-                                            search_alg=OptunaSearch(seed=int(sweep["seed"])), scheduler=scheduler,
+                                            search_alg=OptunaSearch(sampler=_sampler(sweep)), scheduler=scheduler,
                                             num_samples=int(sweep["trials"]), max_concurrent_trials=concurrency),
                 run_config=tune.RunConfig(name=sweep["name"], storage_path=sweep["storage"],
                                           failure_config=tune.FailureConfig(max_failures=0)),
             )
+            stopping = f"ASHA on {space.metric} every {grace} steps" if scheduler else "no early stopping"
             _log(f"{concurrency} trial(s) at a time, {sweep['workers_per_trial']} worker(s) each; "
-                 f"ASHA on {space.metric} every {grace} steps")
+                 f"{sweep.get('search', 'tpe')} search; {stopping}")
         grid = tuner.fit()
     except KeyboardInterrupt:
         _close_running_children(uri, sweep, "KILLED")
@@ -425,6 +444,16 @@ def _tune(sweep: dict[str, Any], uri: str, ds, split, val_features, *, restore: 
         raise
     _release_placement_groups()
     return _finish(sweep, uri, grid, space, (ds, split, val_features))
+
+
+def _sampler(sweep: dict[str, Any]):
+    """Seeded Optuna sampler: the same seed proposes the same first configs (TPE's start-up trials are random)."""
+    import optuna
+
+    seed = int(sweep["seed"])
+    if sweep.get("search", "tpe") == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(sweep.get("startup_trials", 10)))
 
 
 def _release_placement_groups() -> None:

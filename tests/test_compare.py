@@ -75,7 +75,7 @@ def _assert_png(path: str) -> None:
 
 
 def test_experiment_best_per_method_dataset_lower_is_better(store):
-    out = compare.run(_args(store["tmp"], experiment=EXP), store["uri"])
+    out = compare.run(_args(store["tmp"], experiment=EXP, metric="fid_domain"), store["uri"])
     rows = _by_key(out)
     assert set(rows) == {("figr", "digits"), ("figr", "omniglot"), ("mfh", "digits")}
     assert rows["figr", "digits"]["run_id"] == store["t0"]  # 20: below a/b/c; parents, running and failed not ranked
@@ -87,6 +87,27 @@ def test_experiment_best_per_method_dataset_lower_is_better(store):
     assert out["skipped"] == {"not_finished": 3, "missing_metric": 1, "sweep_parent": 2, "re_evaluation": 1}
     assert out["parent_run_id"] is None and out["artifact"] is None
     _assert_png(out["plot"])
+
+
+def test_default_ranks_on_validation_best_not_novel_or_last(tmp_path):
+    """The default picks by val_fid_domain's best value in each run's history (checkpoint selection)."""
+    uri = f"sqlite:///{tmp_path / 'val.db'}"
+    tags = {"method": "figr", "dataset": "digits"}
+
+    def run(name: str, val: list[float], novel: float) -> str:
+        rid = _run(uri, name, tags, {"fid_domain": novel}, status=None)
+        for step, v in enumerate(val):
+            tracking.log_metrics(uri, rid, {"val_fid_domain": v}, step)
+        tracking.end_run(uri, rid)
+        return rid
+
+    early = run("early-best", [50, 10, 90], novel=80)  # best validation value 10, though its last is 90
+    late = run("late", [40, 30, 20], novel=5)  # best novel score: must not decide
+    out = compare.run(_args(str(tmp_path), experiment=EXP), uri)
+    assert out["metric"] == "val_fid_domain" and out["mode"] == "min"
+    row = out["rows"][0]
+    assert row["run_id"] == early and row["value"] == 10.0 and late != early
+    assert row["metrics"]["fid_domain"] == 80.0 and row["metrics"]["val_fid_domain"] == 10.0
 
 
 def test_higher_is_better_metric_and_row_metrics(store):
@@ -103,12 +124,12 @@ def test_higher_is_better_metric_and_row_metrics(store):
 
 
 def test_explicit_mode_overrides_name(store):
-    out = compare.run(_args(store["tmp"], experiment=EXP, mode="max"), store["uri"])
+    out = compare.run(_args(store["tmp"], experiment=EXP, metric="fid_domain", mode="max"), store["uri"])
     assert _by_key(out)["figr", "digits"]["run_id"] == store["a"]  # worst FID when asked for max
 
 
 def test_parent_children_and_artifact_on_parent(store, capsys):
-    out = compare.run(_args(store["tmp"], parent=store["parent"]), store["uri"])
+    out = compare.run(_args(store["tmp"], parent=store["parent"], metric="fid_domain"), store["uri"])
     assert [r["run_id"] for r in out["rows"]] == [store["t0"]]
     assert out["n_runs"] == 2 and out["skipped"]["not_finished"] == 1
     assert out["parent_run_id"] == store["parent"] and out["artifact"] == "compare/compare.png"
@@ -121,7 +142,8 @@ def test_parent_children_and_artifact_on_parent(store, capsys):
 
 def test_json_shape_through_cli(store, capsys, tmp_path):
     png = tmp_path / "cli.png"
-    code = main(["compare", "--tracking-uri", store["uri"], "--json", "--experiment", EXP, "--out", str(png)])
+    code = main(["compare", "--tracking-uri", store["uri"], "--json", "--experiment", EXP, "--out", str(png),
+                 "--metric", "fid_domain"])
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     out = json.loads(last)
@@ -131,7 +153,8 @@ def test_json_shape_through_cli(store, capsys, tmp_path):
 
 
 def test_cli_plain_output_summarises_rows(store, capsys, tmp_path):
-    assert main(["compare", "--tracking-uri", store["uri"], "--experiment", EXP, "--out", str(tmp_path / "p.png")]) == 0
+    assert main(["compare", "--tracking-uri", store["uri"], "--experiment", EXP, "--out", str(tmp_path / "p.png"),
+                 "--metric", "fid_domain"]) == 0
     out = capsys.readouterr().out
     assert "rows: 3 rows (table above)" in out
 

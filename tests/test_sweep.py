@@ -119,16 +119,22 @@ def test_seeded_optuna_proposes_the_same_first_configs():
 
     space = search_space.load(search_space.default_path("figr"), FIGR)
 
-    def first(seed: int, n: int = 3) -> list[dict]:
-        searcher = OptunaSearch(space=None, metric=space.metric, mode=space.mode, seed=seed)
+    from orchestrator.sweep import _sampler
+
+    def first(seed: int, search: str = "tpe", n: int = 3) -> list[dict]:
+        sampler = _sampler({"seed": seed, "search": search, "startup_trials": 2})
+        searcher = OptunaSearch(space=None, metric=space.metric, mode=space.mode, sampler=sampler)
         searcher.set_search_properties(space.metric, space.mode, space.to_tune())
         return [searcher.suggest(f"t{i}") for i in range(n)]
 
-    a, b, c = first(7), first(7), first(8)
-    assert a == b
-    assert a != c
-    for cfg in a:
-        assert 1e-4 <= cfg["inner_lr"] <= 1e-2 and 3 <= cfg["inner_steps"] <= 10
+    for search in ("tpe", "random"):
+        a, b, c = first(7, search), first(7, search), first(8, search)
+        assert a == b
+        assert a != c
+        for cfg in a:
+            assert 1e-4 <= cfg["inner_lr"] <= 1e-2 and 3 <= cfg["inner_steps"] <= 10
+    assert type(_sampler({"seed": 0, "search": "random"})).__name__ == "RandomSampler"
+    assert _sampler({"seed": 0, "search": "tpe", "startup_trials": 3})._n_startup_trials == 3
 
 
 # ---------------------------------------------------------------- MLflow child lookup
