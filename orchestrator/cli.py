@@ -1,4 +1,4 @@
-"""``python -m orchestrator {train,evaluate,generate}``.
+"""``python -m orchestrator {train,evaluate,generate,sweep,compare,pregenerate}``.
 
 Heavy imports (torch, Ray, MLflow) happen inside the commands, so ``--help`` and input
 errors answer quickly. A ``UserError`` becomes one line on stderr and exit status 2.
@@ -73,6 +73,11 @@ def parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="table and plot of the best trial per method and dataset, from MLflow")
     compare.add_arguments(cp)
     _common(cp)
+    from orchestrator import pregenerate  # light: torch, Ray and pyarrow are imported inside
+
+    pg = sub.add_parser("pregenerate", help="FinetuneGAN variants of support images by a pool of Ray actors, to Parquet")
+    pregenerate.add_arguments(pg)
+    _common(pg)
     return ap
 
 
@@ -109,6 +114,10 @@ def _dispatch(args: argparse.Namespace) -> dict:
         from orchestrator import compare
 
         return compare.run(args, uri)
+    if args.command == "pregenerate":
+        from orchestrator import pregenerate
+
+        return pregenerate.run(args, uri)
     return pipeline.run_generate(args.run_id, args.images, uri=uri, n=args.n, out=args.out, seed=args.seed,
                                  save_images=args.save_images, steps=args.adapt_steps)
 
@@ -120,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the MLflow run is marked FAILED; continue it with train --resume RUN_ID",
+    except KeyboardInterrupt as err:  # a command may say how to continue (pregenerate does)
+        print(str(err) or "interrupted: the MLflow run is marked FAILED; continue it with train --resume RUN_ID",
               file=sys.stderr)
         return 130
     if args.json:
