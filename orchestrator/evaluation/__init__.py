@@ -8,10 +8,10 @@
 """
 from orchestrator.evaluation.features import (FID_WEIGHTS_FILENAME, Features, domain_features,
                                               find_inception_weights, get_features, inception_features)
-from orchestrator.evaluation.metrics import class_hit, diversity, fid, kid, mse_ssim
+from orchestrator.evaluation.metrics import class_hit, diversity, fid, inception_score, kid, mode_score, mse_ssim
 from orchestrator.evaluation.protocol import (EvalResult, evaluate_generator, save_grid, save_result_images,
                                               split_shots)
 
 __all__ = ["Features", "get_features", "domain_features", "inception_features", "find_inception_weights",
-           "FID_WEIGHTS_FILENAME", "fid", "kid", "diversity", "class_hit", "mse_ssim", "EvalResult",
+           "FID_WEIGHTS_FILENAME", "fid", "kid", "diversity", "class_hit", "mse_ssim", "inception_score", "mode_score", "EvalResult",
            "evaluate_generator", "save_grid", "save_result_images", "split_shots"]

@@ -47,11 +47,15 @@ class Features:
     ``kind`` is "inception" or "domain" and names the metrics; ``description`` says in words what
     was used (logged with results); ``base_accuracy`` is the domain classifier's held-out accuracy
     on base classes (None for inception); ``classes`` the dataset classes it was trained on.
+    ``head`` (optional) maps features to class logits (the domain classifier's own last layers, or
+    Inception's 1008-way fc on pool3): Inception Score and Mode Score need class probabilities,
+    and computing them from the features costs no second pass over the images.
     """
 
     def __init__(self, kind: str, dim: int, net: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor],
                  device: torch.device | str = "cpu", *, batch_size: int = 256, description: str = "",
-                 base_accuracy: float | None = None, classes: list[int] | None = None, source: Path | None = None):
+                 base_accuracy: float | None = None, classes: list[int] | None = None, source: Path | None = None,
+                 head: nn.Module | None = None):
         if kind not in ("inception", "domain"):
             raise ValueError(f"unknown feature kind {kind!r}")
         self.kind = kind
@@ -64,6 +68,16 @@ class Features:
         self.base_accuracy = base_accuracy
         self.classes = list(classes) if classes is not None else None
         self.source = source
+        self.head = head.eval() if head is not None else None
+
+    @torch.no_grad()
+    def class_probs(self, feats: np.ndarray) -> np.ndarray | None:
+        """Softmax of ``head`` on features from ``__call__`` ([N, dim] -> [N, classes]); None without a head."""
+        if self.head is None:
+            return None
+        dev = next(self.head.parameters()).device
+        logits = self.head(torch.as_tensor(np.asarray(feats), dtype=torch.float32, device=dev))
+        return torch.softmax(logits.double(), dim=1).cpu().numpy()
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
@@ -187,7 +201,29 @@ def inception_features(weights: Path | str, device: torch.device | str = "cpu", 
     desc = f"FID Inception (pytorch-fid InceptionV3 pool3, 2048-d) from {weights}"
     _log(f"using {desc} (loaded in {time.time() - t0:.1f}s)")
     return Features("inception", 2048, _InceptionPool3(model), _inception_preprocess, device,
-                    batch_size=batch_size, description=desc, source=weights)
+                    batch_size=batch_size, description=desc, source=weights, head=_inception_fc(weights))
+
+
+def _inception_fc(weights: Path) -> nn.Module | None:
+    """The 2048 -> 1008 fc of the same weights file (pool3 feeds it), for the Inception Score; None if absent."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if "fc.weight" not in state or "fc.bias" not in state:
+        _log(f"{weights} has no fc layer: no inception_score/mode_score")
+        return None
+    fc = nn.Linear(state["fc.weight"].shape[1], state["fc.weight"].shape[0])
+    fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+    return fc
+
+
+class _DomainHead(nn.Module):
+    """DomainNet's layers after the 64-d feature: ReLU then the base-class classifier."""
+
+    def __init__(self, net: DomainNet):
+        super().__init__()
+        self.linear = net.head
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.relu(f))
 
 
 # ---------------------------------------------------------------- domain classifier -----------
@@ -377,7 +413,7 @@ def domain_features(ds: Any, split: Any, cache_dir: Path | str, device: torch.de
     desc = (f"domain features (64-d penultimate layer of a CNN trained on the {len(base)} base classes of "
             f"{ds.name}; held-out base accuracy {acc:.3f}) - a fallback, not the Inception FID")
     return Features("domain", DOMAIN_DIM, _Embed(net), _identity, device, description=desc,
-                    base_accuracy=acc, classes=blob["classes"], source=path)
+                    base_accuracy=acc, classes=blob["classes"], source=path, head=_DomainHead(net))
 
 
 def get_features(ds: Any, split: Any, cache_dir: Path | str, device: torch.device | str = "cpu",

@@ -182,3 +182,44 @@ def mse_ssim(generated: torch.Tensor | np.ndarray, reals: torch.Tensor | np.ndar
         else:
             ssims.append(structural_similarity(a[0], b[0], data_range=1.0, win_size=win))
     return float(np.mean(mses)), float(np.mean(ssims))
+
+
+def _probs(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 2 or len(p) < 1 or np.any(p < 0) or not np.allclose(p.sum(1), 1.0, atol=1e-6):
+        raise ValueError(f"need class probabilities [N >= 1, classes] whose rows sum to 1, got shape {p.shape}")
+    return p
+
+
+def _kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p_i || q) per row, with 0 log 0 = 0 (q is clipped away from 0 where p > 0)."""
+    q = np.clip(q, 1e-300, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(np.clip(p, 1e-300, None)) - np.log(q)), 0.0)
+    return terms.sum(axis=-1)
+
+
+def inception_score(probs: np.ndarray) -> float:
+    """IS = exp(E_x KL(p(y|x) || p(y))), p(y) = the mean of p(y|x) over the samples (MT-GAN paper eq. 2).
+
+    One pooled score over all given samples (no splits): the protocol pools every evaluated
+    class, as it does for FID. ``probs``: [N, classes] class probabilities of the generated images.
+    """
+    p = _probs(probs)
+    return float(np.exp(_kl_rows(p, p.mean(0)).mean()))
+
+
+def mode_score(probs: np.ndarray, real_probs: np.ndarray) -> float:
+    """Mode Score as the MT-GAN paper's eq. 3: exp(E_x KL(p(y|x) || p(y)) - KL(p(y) || p(y*))).
+
+    p(y) is the generated images' marginal, p(y*) the real images' marginal (``real_probs``
+    averaged). Eq. 3 takes the first KL against p(y), so MS = IS * exp(-KL(p(y) || p(y*))): the
+    Inception Score penalised by how far the generated label marginal is from the real one. Che et
+    al.'s original Mode Score takes the first KL against p(y*) instead; we follow the paper we
+    implement. Higher is better; the reals' own Mode Score equals their Inception Score.
+    """
+    p, r = _probs(probs), _probs(real_probs)
+    if p.shape[1] != r.shape[1]:
+        raise ValueError(f"generated and real probabilities have {p.shape[1]} and {r.shape[1]} classes")
+    marginal = p.mean(0)
+    return float(np.exp(_kl_rows(p, marginal).mean() - _kl_rows(marginal, r.mean(0))))

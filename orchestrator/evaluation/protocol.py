@@ -87,6 +87,12 @@ def _pool_scores(kind: str, gen: dict[int, np.ndarray], real_all: np.ndarray,
             f"class_hit{suffix}": M.class_hit(gen, centroids)}
 
 
+def _class_scores(kind: str, probs: np.ndarray, real_probs: np.ndarray, suffix: str = "") -> dict[str, float]:
+    """Inception Score and Mode Score (MT-GAN eq. 2-3) from the feature space's classifier, pooled over classes."""
+    return {f"inception_score_{kind}{suffix}": M.inception_score(probs),
+            f"mode_score_{kind}{suffix}": M.mode_score(probs, real_probs)}
+
+
 def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: Any, classes: list[int],
                        features: Features, *, shots: int, n_generate: int = 128, seed: int = 0,
                        adapt_steps: int | None = None, controls: bool = True,
@@ -104,6 +110,11 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
       ``fid_{kind}_real``/``kid_{kind}_real`` (two seeded halves of each class's reals, the floor),
       ``diversity_real`` and ``class_hit_real`` (the reals' own nearest-centroid share: the ceiling
       of class_hit in this feature space, below 1 on classes the features never saw) — with controls;
+      ``inception_score_{kind}``, ``mode_score_{kind}`` (MT-GAN eq. 2-3, pooled over classes, from the
+      feature space's classifier: the base-class domain classifier, or Inception's 1008-way fc; with
+      a domain classifier the classes are BASE classes, so on novel images they measure confident,
+      varied base-class predictions, not the paper's ImageNet-class IS) — always when the features
+      have a classifier head, for every control too, plus ``inception_score_{kind}_real`` with controls;
       ``chance`` (1/len(classes)), ``n_classes``, ``n_generated`` (pooled), ``n_per_class``,
       ``n_reals`` (pooled reals), ``shots``.
     """
@@ -171,8 +182,13 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
     real_all = np.concatenate([real_feats[c] for c in classes])
     centroids = np.stack([real_feats[c].mean(0) for c in classes])
     m: dict[str, float] = {}
+    real_probs = features.class_probs(real_all) if getattr(features, "head", None) is not None else None
     for suffix, gen in gen_feats.items():
         m.update(_pool_scores(kind, gen, real_all, centroids, suffix))
+        if real_probs is not None:
+            m.update(_class_scores(kind, features.class_probs(np.concatenate(list(gen.values()))), real_probs, suffix))
+    if controls and real_probs is not None:
+        m[f"inception_score_{kind}_real"] = M.inception_score(real_probs)
     if controls:
         m["diversity"] = M.diversity(gen_feats[""])
         for suffix in gen_feats:
@@ -196,7 +212,7 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
         m.update(diag.metrics)
     m = {k: float(v) for k, v in m.items()}
     say(f"done in {time.time() - t0:.1f}s: " + ", ".join(
-        f"{k}={m[k]:.4g}" for k in (f"fid_{kind}", f"kid_{kind}", "class_hit", f"fid_{kind}_scratch",
+        f"{k}={m[k]:.4g}" for k in (f"fid_{kind}", f"kid_{kind}", "class_hit", f"mode_score_{kind}", f"fid_{kind}_scratch",
                                     "class_hit_scratch", f"fid_{kind}_shots") if k in m))
     return EvalResult(metrics=m, grid=torch.cat(grid_rows).clamp(-1, 1), grid_nrow=shots + n_grid,
                       generated_per_class=kept, shot_indices=shot_indices, feature_kind=kind,
