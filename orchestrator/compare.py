@@ -32,7 +32,7 @@ TABLE_METRICS = ("fid_inception", "fid_domain", "kid_inception", "kid_domain", "
                  "class_hit_scratch", "chance", "diversity", "mse", "ssim")
 _ROW_METRICS = ("class_hit", "class_hit_scratch", "chance", "diversity", "mse", "ssim")
 _LOWER = ("fid", "kid", "mse", "loss")
-_HIGHER = ("hit", "ssim", "accuracy", "acc")
+_HIGHER = ("hit", "ssim", "accuracy", "acc", "score")  # score: inception_score, mode_score
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from orchestrator import config as config_mod
 from orchestrator import tracking
 from orchestrator.errors import UserError
 from orchestrator.train import (best_checkpoint, build_method, default_storage, fit, load_checkpoint,
-                                method_class, new_run_name)
+                                method_class, new_run_name, task_images)
 
 
 def cache_dir() -> Path:
@@ -41,7 +41,7 @@ def prepare_data(cfg: dict[str, Any], split_dict: dict | None = None):
         split = make_split(ds, seed=int(cfg["split_seed"]), n_val=int(cfg["n_val"]) or None,
                            n_novel=int(cfg["n_novel"]) or None)
     shots = int(cfg["shots"])
-    check_class_sizes(ds, split.base, shots, "meta-training tasks (shots)")
+    check_class_sizes(ds, split.base, task_images(cfg), "meta-training tasks (shots + query_shots)")
     check_class_sizes(ds, split.val + split.novel, shots + 1, "evaluation (shots + at least one real image)")
     return ds, split
 

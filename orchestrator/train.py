@@ -38,8 +38,13 @@ def build_method(name: str, cfg: dict[str, Any], image_shape: tuple[int, int, in
     return cls({k: cfg[k] for k in cls.default_config}, image_shape, device, num_classes)
 
 
+def task_images(cfg: dict[str, Any]) -> int:
+    """Images per meta-training task: the shots, plus ``query_shots`` for methods with a query set (MT-GAN)."""
+    return int(cfg["shots"]) + int(cfg.get("query_shots", 0))
+
+
 def higher_is_better(metric: str) -> bool:
-    return "class_hit" in metric or "accuracy" in metric
+    return any(k in metric for k in ("class_hit", "accuracy", "inception_score", "mode_score"))
 
 
 def save_checkpoint(method: Method, step: int, elapsed_s: float, directory: Path) -> Path:
@@ -92,7 +97,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     uri, run_id = loop["tracking_uri"], loop["run_id"]
 
     while True:
-        tasks = sampler.tasks(step, range(rank * b, rank * b + b), int(cfg["shots"]))
+        tasks = sampler.tasks(step, range(rank * b, rank * b + b), task_images(cfg))
         losses = method.meta_train_step(tasks, sync)
         step += 1
         window_steps += 1
