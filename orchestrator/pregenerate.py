@@ -163,6 +163,10 @@ class FinetuneWorker:
         self.gan = FinetuneGAN(load_biggan(biggan), config, perceptual=net, device=self.device)
 
     def ready(self) -> dict[str, Any]:
+        """Warm up (one step on a blank image: lazy allocations, kernels) and say what was loaded."""
+        import torch
+
+        self.gan.fit(torch.zeros(3, self.gan.resolution, self.gan.resolution), seed=0, steps=1)
         return {"device": str(self.device), "perceptual": self.perceptual_kind, "pid": os.getpid(),
                 "resolution": self.gan.resolution}
 
