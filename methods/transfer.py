@@ -117,7 +117,7 @@ class Transfer(Method):
                                    q_dim=self.n_cat + self.n_cont if self.arch == "infogan" else 0)
         self.G.to(self.device)
         self.D.to(self.device)
-        # How often each class was seen in pre-training (summed over workers through sync): cDCGAN's new slot.
+        # 1 for each class seen in pre-training by any worker (through sync): cDCGAN's new-class slot uses them.
         self.class_usage = nn.Parameter(torch.zeros(max(self.labels, 1), device=self.device), requires_grad=False)
         self.lr, self.finetune_lr, self.betas = float(cfg["lr"]), float(cfg["finetune_lr"]), (float(cfg["beta1"]), 0.999)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=self.lr, betas=self.betas)
@@ -198,7 +198,7 @@ class Transfer(Method):
             if any(not 0 <= int(t.label) < self.num_classes for t in tasks):
                 raise ValueError(f"transfer: task labels must be class indices below num_classes={self.num_classes}")
             y = torch.tensor([int(t.label) for t, k in zip(tasks, counts) for _ in range(k)], device=self.device)
-            self.class_usage.grad = torch.bincount(y, minlength=self.labels).float()
+            self.class_usage.grad = (torch.bincount(y, minlength=self.labels) > 0).float()
         gens = [torch.Generator(device=self.device).manual_seed(int(t.seed)) for t in tasks]
 
         def draw():  # per task from its own seed, so a batch split over workers draws the same fakes
@@ -211,7 +211,7 @@ class Transfer(Method):
         out = self._gan_step(self.G, self.D, self.opt_G, self.opt_D, real, y, draw, sync, extra)
         if self.arch == "cdcgan":
             with torch.no_grad():
-                self.class_usage.add_(self.class_usage.grad)
+                self.class_usage.copy_(torch.maximum(self.class_usage, (self.class_usage.grad > 0).float()))
             self.class_usage.grad = None
         return out
 
