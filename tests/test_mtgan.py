@@ -318,3 +318,13 @@ def test_cli_train_goes_through_both_phases_and_reports_mode_score(tmp_path, ray
     assert metrics["mtgan_phase"] == 2 and out["selected_step"] == 3
     base = tracking.load_json_artifact(uri, out["run_id"], "split.json")["base"]
     assert 1.0 <= metrics["inception_score_domain"] <= len(base)  # IS lies in [1, number of classifier classes]
+
+
+def test_search_space_covers_the_issue_keys():
+    from pathlib import Path
+
+    from orchestrator.search_space import load
+
+    space = load(Path(__file__).resolve().parents[1] / "search_spaces" / "mtgan.yaml", MTGAN.default_config)
+    assert {"pretrain_lr", "meta_lr", "inner_steps", "ss"} <= set(space.params)
+    assert space.params["ss"].values == ("channel", "layer") and space.metric.startswith("val_")
