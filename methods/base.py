@@ -36,6 +36,8 @@ class Episode:
     query: torch.Tensor  # [N, Q, C, H, W]
     classes: list[int]
     seed: int
+    support_ids: Any = None  # [N, K] dataset indices of the support images (to look their variants up)
+    generated: torch.Tensor | None = None  # [N, K, n_aug, C, H, W]: generated variants of each support image
 
 
 @dataclass
@@ -102,3 +104,47 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def parameters(self) -> list[torch.nn.Parameter]:
         """Every meta-parameter (used to check workers stay in sync)."""
+
+
+class FewShotClassifier(abc.ABC):
+    """An episodic few-shot classifier (ProtoNet, MetaIRNet): the classification counterpart of ``Method``.
+
+    Same construction and config conventions as ``Method`` (``default_config`` holds every ``--set``
+    key, including ``shots``); the harness meta-trains it on episodes and scores it on queries.
+    """
+
+    name: ClassVar[str]
+    default_config: ClassVar[dict[str, Any]]
+    harness_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
+                 num_classes: int = 0):
+        self.config = {**self.default_config, **config}
+        self.image_shape = tuple(image_shape)
+        self.device = torch.device(device)
+        self.num_classes = int(num_classes)
+
+    @abc.abstractmethod
+    def meta_train_step(self, episodes: list[Episode], sync: GradSync = no_sync) -> dict[str, float]:
+        """One update from this worker's episodes (loss averaged over them); returns scalars for logging."""
+
+    @abc.abstractmethod
+    def logits(self, episode: Episode) -> torch.Tensor:
+        """Scores [N*Q, N] of the episode's queries (row n*Q+q = query q of class n) from its support set."""
+
+    def schedule(self, step: int, total: int) -> None:
+        """Called before each step with the planned total (0 = a time budget): e.g. a learning-rate decay."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Every trained parameter (gradients are averaged over workers through ``sync``)."""
+
+    def buffers(self) -> list[torch.Tensor]:
+        """Running statistics (batch norm) the harness averages across workers after each step."""
+        return []

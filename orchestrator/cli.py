@@ -98,6 +98,13 @@ def _dispatch(args: argparse.Namespace) -> dict:
                      "budget_minutes": args.budget_minutes, "seed": args.seed, "split_seed": args.split_seed}
         if args.resume:
             overrides = {"steps": args.steps, "budget_minutes": args.budget_minutes}
+        from orchestrator import classify
+
+        if args.method and not args.resume and classify.is_classifier(args.method):
+            return classify.run_train(args.method, overrides, args.set, workers=args.workers,
+                                      cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                                      uri=uri, experiment=args.experiment or tracking.DEFAULT_EXPERIMENT,
+                                      address=args.address, max_failures=args.max_failures)
         return pipeline.run_train(args.method, overrides, args.set, workers=args.workers,
                                   cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                                   uri=uri, experiment=args.experiment or tracking.DEFAULT_EXPERIMENT,

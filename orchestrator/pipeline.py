@@ -59,7 +59,11 @@ def features_for(ds, split, inception_weights: str | None, domain_only: bool = F
 def evaluate_state(method: str, cfg: dict[str, Any], ds, split, state: dict, features, *, seed: int,
                    n_generate: int):
     """The protocol on novel classes: adapted, unadapted, scratch-adapted and shots controls."""
+    from orchestrator.classify import evaluate_state as evaluate_classifier, is_classifier
     from orchestrator.evaluation import evaluate_generator
+
+    if is_classifier(method):  # accuracy ± CI on novel-class episodes (sweep trials, evaluate RUN_ID)
+        return evaluate_classifier(method, cfg, ds, split, state, seed=seed)
 
     model = build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
     model.load_state_dict(state)

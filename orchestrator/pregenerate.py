@@ -1,5 +1,10 @@
 """``python -m orchestrator pregenerate``: FinetuneGAN variants of support images by a pool of Ray actors.
 
+Variants come from a local BigGAN fitted per image (``--biggan PATH``, MetaIRNet §4.1) or from any
+trained generator run adapted on the single image through the method interface (``--from-run
+RUN_ID``: ``Method.adapt`` on that one shot, then ``sample``); both write the same store, which
+the classifiers read (``train metairnet --set generated=DIR``).
+
 Why a pool of actors: fitting BigGAN to one image takes ~20 s on a GPU (500 Adam steps), and the
 images are independent, so N actors, each holding one generator (one GPU each with
 ``--gpus-per-actor``), give N× the throughput; the driver only hands out images and writes results.
@@ -42,7 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", default="all", help="which split parts: all (default) or e.g. novel, base,val")
     p.add_argument("--per-class", type=int, default=0, help="only the first N images of each class (0 = all)")
     p.add_argument("--limit", type=int, default=0, help="only the first N images overall (0 = all)")
-    p.add_argument("--biggan", required=True, help="local BigGAN folder (config.json + pytorch_model.bin)")
+    p.add_argument("--biggan", help="local BigGAN folder (config.json + pytorch_model.bin): FinetuneGAN variants")
+    p.add_argument("--from-run", metavar="RUN_ID",
+                   help="instead of BigGAN: a trained generator run (FIGR, MFH, ...) adapted on each image "
+                        "(Method.adapt on that one shot, then sample)")
     p.add_argument("--perceptual-weights",
                    help="torchvision ImageNet VGG-16 or ResNet-18 state dict for the perceptual loss "
                         "(default: a CNN trained on the dataset's base classes)")
@@ -129,7 +137,8 @@ def encode_png(image) -> bytes:
     """[3, H, W] tensor in [-1, 1] -> PNG bytes."""
     from PIL import Image
 
-    arr = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    x = image.detach().cpu().float().numpy()  # numpy: a few µs; the same in torch ops was ~15 ms on a busy machine
+    arr = np.ascontiguousarray(((np.clip(x, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0))
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
@@ -180,6 +189,38 @@ class FinetuneWorker:
                  "variant": i, "seed": item["seed"], "loss": fit.loss, "png": encode_png(img)}
                 for i, img in enumerate(images)]
         return {"image_id": item["image_id"], "rows": rows, "loss": fit.loss, "seconds": fit.seconds}
+
+
+class RunWorker:
+    """What each actor holds when variants come from a trained generator run: the method, adapted per image."""
+
+    def __init__(self, method: str, cfg: dict[str, Any], state: dict[str, Any], image_shape: tuple, num_classes: int,
+                 threads: int, gpu: bool):
+        import torch
+
+        from orchestrator.train import build_method
+
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        self.model = build_method(method, cfg, tuple(image_shape), self.device, num_classes)
+        self.model.load_state_dict(state)
+        self.method = method
+
+    def ready(self) -> dict[str, Any]:
+        return {"device": str(self.device), "perceptual": "n/a", "pid": os.getpid()}
+
+    def process(self, item: dict[str, Any], variants: int) -> dict[str, Any]:
+        import torch
+
+        t0 = time.perf_counter()
+        shot = torch.tensor(item["image"], dtype=torch.float32).div(127.5).sub(1.0)[None].to(self.device)
+        images = self.model.adapt(shot, seed=item["seed"]).sample(variants, seed=item["seed"]).detach().cpu()
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        rows = [{"image_id": item["image_id"], "label": item["label"], "class_name": item["class_name"],
+                 "variant": i, "seed": item["seed"], "loss": float("nan"), "png": encode_png(img)}
+                for i, img in enumerate(images)]
+        return {"image_id": item["image_id"], "rows": rows, "loss": float("nan"), "seconds": time.perf_counter() - t0}
 
 
 # ------------------------------------------------------------------------------ the driver -----
@@ -258,13 +299,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def pregenerate(*, dataset: str, data_root: str | None, biggan: str, out: Path, actors: int = 1,
+def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | None, out: Path, actors: int = 1,
                 variants: int = 10, steps: int | None = None, image_size: int | None = None, channels: int = 1,
                 split_seed: int = 0, classes: str = "all", per_class: int = 0, limit: int = 0, seed: int = 0,
                 sets: list[str] | None = None, perceptual_weights: str | None = None, cpus_per_actor: float = 1,
                 gpus_per_actor: float = 0, uri: str | None = None, experiment: str | None = None,
-                address: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fit FinetuneGAN to every chosen image with a pool of actors; returns counts and throughput."""
+                address: str | None = None, progress: bool = True, from_run: str | None = None) -> dict[str, Any]:
+    """Fit FinetuneGAN (or adapt a trained generator run) to every chosen image with a pool of actors;
+    returns counts and throughput."""
     from methods.finetunegan import DEFAULT_CONFIG
     from orchestrator import config as config_mod
     from orchestrator import tracking
@@ -274,25 +316,42 @@ def pregenerate(*, dataset: str, data_root: str | None, biggan: str, out: Path, 
         raise UserError(f"--actors {actors}: need at least 1 actor")
     if variants < 1:
         raise UserError(f"--variants {variants}: ask for at least 1 variant per image")
-    resolution = biggan_resolution_of(Path(biggan))
-    cfg = config_mod.apply_overrides(dict(DEFAULT_CONFIG), list(sets or []))
-    if steps is not None:
-        if steps < 1:
-            raise UserError(f"--steps {steps}: need at least 1 optimisation step")
-        cfg["steps"] = int(steps)
+    if bool(biggan) == bool(from_run):
+        raise UserError("pass exactly one source of variants: --biggan PATH (FinetuneGAN) or --from-run RUN_ID")
+    uri = uri or tracking.default_tracking_uri()
     parts = _parts(classes)
-    image_size = int(image_size or resolution)
+    if from_run:
+        from orchestrator.pipeline import load_run
+
+        run_method, cfg, run_split, state = load_run(uri, from_run)  # a UserError names a bad id
+        if sets or steps is not None:
+            raise UserError("--set and --steps configure FinetuneGAN; with --from-run the run's own config is used")
+        dataset, data_root = dataset or cfg["dataset"], data_root or cfg["data_root"]
+        image_size, channels, resolution = int(cfg["image_size"]), int(cfg["channels"]), int(cfg["image_size"])
+        source = f"run:{from_run}"
+    else:
+        resolution = biggan_resolution_of(Path(biggan))
+        cfg = config_mod.apply_overrides(dict(DEFAULT_CONFIG), list(sets or []))
+        if steps is not None:
+            if steps < 1:
+                raise UserError(f"--steps {steps}: need at least 1 optimisation step")
+            cfg["steps"] = int(steps)
+        image_size = int(image_size or resolution)
+        source = f"biggan:{Path(biggan).resolve()}"
     ds = load_dataset(dataset or "digits", data_root or None, image_size=image_size, channels=channels)
     split = make_split(ds, seed=split_seed)
+    if from_run and sorted(run_split["novel"]) != sorted(split.novel):
+        _log(f"warning: run {from_run} held out other novel classes than split seed {split_seed} does: its generator "
+             f"has seen some of the classes it now makes variants of")
     ids = select_images(ds, split, parts, per_class, limit)
     if not ids:
         raise UserError(f"no images in the chosen classes ({classes}) of {ds.name}: choose other --classes")
 
     out = Path(out)
     settings = {"dataset": ds.name, "data_root": str(data_root or ""), "image_size": image_size,
-                "channels": channels, "split_seed": split_seed, "biggan": str(Path(biggan).resolve()),
+                "channels": channels, "split_seed": split_seed, "source": source,
                 "perceptual_weights": str(perceptual_weights or ""), "variants": variants, "seed": seed,
-                "finetunegan": cfg, "resolution": resolution}
+                "finetunegan": {} if from_run else cfg, "resolution": resolution}
     previous = read_manifest(out)
     if previous is not None and previous != settings:
         diff = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
@@ -305,14 +364,22 @@ def pregenerate(*, dataset: str, data_root: str | None, biggan: str, out: Path, 
 
     done = done_ids(out) & set(ids)
     todo = [i for i in ids if i not in done]
-    spec = perceptual_spec(ds, split, cfg, perceptual_weights) if todo else {"kind": "n/a", "description": "n/a"}
-    uri = uri or tracking.default_tracking_uri()
+    if from_run or not todo:
+        spec = {"kind": "n/a", "description": "n/a"}
+    else:
+        spec = perceptual_spec(ds, split, cfg, perceptual_weights)
+    if from_run:
+        worker = (RunWorker, (run_method, cfg, state, ds.image_shape, len(run_split["class_names"])))
+    else:
+        worker = (FinetuneWorker, (str(Path(biggan).resolve()), cfg,
+                                   {k: v for k, v in spec.items() if k != "description"}))
     name = f"pregenerate-{ds.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    params = {**{k: v for k, v in settings.items() if k != "finetunegan"}, **cfg, "actors": actors,
+    params = {**{k: v for k, v in settings.items() if k != "finetunegan"}, **({} if from_run else cfg), "actors": actors,
               "gpus_per_actor": gpus_per_actor, "cpus_per_actor": cpus_per_actor, "classes": ",".join(parts),
               "per_class": per_class, "limit": limit, "out": str(out.resolve())}
     run_id = tracking.start_run(uri, experiment or tracking.DEFAULT_EXPERIMENT, name, params, {
-        "method": "finetunegan", "role": "pregenerate", "dataset": ds.name, "perceptual": spec["description"],
+        "method": run_method if from_run else "finetunegan", "role": "pregenerate", "dataset": ds.name,
+        "source": source, "perceptual": spec["description"],
         "perceptual_kind": spec["kind"], "out": str(out.resolve())})
     tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
     _log(f"{len(ids)} images of {ds.name} ({','.join(parts)} classes): {len(done)} already in {out}, "
@@ -329,8 +396,7 @@ def pregenerate(*, dataset: str, data_root: str | None, biggan: str, out: Path, 
                 from orchestrator.pipeline import ensure_ray
 
                 started = ensure_ray(address)
-                _run_pool(ds, todo, seed, variants, out, biggan=str(Path(biggan).resolve()), cfg=cfg, spec=spec,
-                          actors=actors, cpus=cpus_per_actor, gpus=gpus_per_actor, stats=stats, losses=losses,
+                _run_pool(ds, todo, seed, variants, out, worker=worker, actors=actors, cpus=cpus_per_actor, gpus=gpus_per_actor, stats=stats, losses=losses,
                           progress=progress)
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -362,15 +428,15 @@ def pregenerate(*, dataset: str, data_root: str | None, biggan: str, out: Path, 
     return {"run_id": run_id, "out": str(out), "images_complete": complete, **stats}
 
 
-def _run_pool(ds, todo: list[int], seed: int, variants: int, out: Path, *, biggan: str, cfg: dict, spec: dict,
+def _run_pool(ds, todo: list[int], seed: int, variants: int, out: Path, *, worker: tuple[type, tuple],
               actors: int, cpus: float, gpus: float, stats: dict, losses: list[float], progress: bool) -> None:
     import ray
     from ray.util import ActorPool
 
-    Actor = ray.remote(FinetuneWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=1, max_task_retries=1)
-    spec_ref = {k: v for k, v in spec.items() if k != "description"}
+    cls, args = worker
+    Actor = ray.remote(cls).options(num_cpus=cpus, num_gpus=gpus, max_restarts=1, max_task_retries=1)
     t0 = time.perf_counter()
-    pool_actors = [Actor.remote(biggan, cfg, spec_ref, max(1, int(cpus)), gpus > 0) for _ in range(actors)]
+    pool_actors = [Actor.remote(*args, max(1, int(cpus)), gpus > 0) for _ in range(actors)]
     info = ray.get([a.ready.remote() for a in pool_actors])
     stats["startup_s"] = time.perf_counter() - t0
     _log(f"{actors} actor(s) ready in {stats['startup_s']:.1f}s on {', '.join(sorted({i['device'] for i in info}))}")
@@ -440,7 +506,8 @@ def _log(msg: str) -> None:
 
 def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     """The CLI's entry point."""
-    return pregenerate(dataset=args.dataset, data_root=args.data_root, biggan=args.biggan, out=args.out,
+    return pregenerate(dataset=args.dataset, data_root=args.data_root, biggan=args.biggan, from_run=args.from_run,
+                       out=args.out,
                        actors=args.actors, variants=args.variants, steps=args.steps, image_size=args.image_size,
                        channels=args.channels, split_seed=args.split_seed, classes=args.classes,
                        per_class=args.per_class, limit=args.limit, seed=args.seed, sets=args.set,

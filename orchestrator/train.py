@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 import methods
-from methods.base import Method
+from methods.base import FewShotClassifier, Method
 from orchestrator import tracking
 from orchestrator.errors import UserError
 
@@ -75,6 +75,10 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     split = Split.from_dict(loop["split"])
     val_features = ray.get(loop["val_features_ref"])
     method = build_method(loop["method"], cfg, ds.image_shape, device, ds.num_classes)
+    if isinstance(method, FewShotClassifier):  # episodes and accuracy instead of tasks and FID
+        from orchestrator.classify import classifier_loop
+
+        return classifier_loop(method, loop, ds, split, val_features, device)
 
     step, elapsed = 0, 0.0
     checkpoint = ray.train.get_checkpoint()

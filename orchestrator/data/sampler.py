@@ -85,4 +85,4 @@ class TaskSampler:
         shape = self.ds.image_shape
         s = self.ds.get(np.concatenate(support)).reshape(n_way, k_shot, *shape)
         q = self.ds.get(np.concatenate(query)).reshape(n_way, q_query, *shape)
-        return Episode(support=s, query=q, classes=picked, seed=episode_seed)
+        return Episode(support=s, query=q, classes=picked, seed=episode_seed, support_ids=np.stack(support))
