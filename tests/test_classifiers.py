@@ -170,3 +170,15 @@ def test_train_metairnet_on_omniglot_logs_accuracy_and_interval(data_root, omnig
     assert "samples/novel_episode.png" in arts
     split = tracking.load_json_artifact(db, run.info.run_id, "split.json")
     assert set(split["novel"]).isdisjoint(split["base"] + split["val"])
+
+
+def test_metairnet_search_space_loads_against_its_config():
+    from pathlib import Path
+
+    from orchestrator import search_space
+
+    space = search_space.load(Path(__file__).resolve().parents[1] / "search_spaces" / "metairnet.yaml",
+                              MetaIRNet.default_config)
+    assert space.metric == "val_accuracy" and space.mode == "max"
+    for augment in space.params["augment"].values:  # every searched value builds a model
+        MetaIRNet({**TINY, "augment": augment}, (1, 16, 16))
