@@ -268,3 +268,32 @@ def test_method_diagnostics_get_the_protocols_shots_and_land_in_the_result(digit
     assert nrow == 2 and torch.equal(strip, expected)
     paths = save_result_images(res, tmp_path, "grid.png", suffix="_x")
     assert [p.name for p in paths] == ["grid.png", "shots_strip_x.png"] and all(p.stat().st_size > 100 for p in paths)
+
+
+def test_protocol_inception_and_mode_score_from_the_base_classifier(digits, dom):
+    """MT-GAN's metrics (eq. 2-3) from the domain classifier's softmax, pooled: reals of the class score like the
+    reals; one class's images for every class (wrong marginal) lose Mode Score relative to their Inception Score."""
+    from orchestrator.evaluation import inception_score, mode_score
+
+    ds, split = digits
+    classes = split.val + split.novel
+    probs = dom.class_probs(dom(ds.get(np.arange(20))))
+    assert probs.shape == (20, len(split.base)) and np.allclose(probs.sum(1), 1)
+    good = evaluate_generator(RealImages(ds), None, ds, classes, dom, shots=4, n_generate=64, seed=0,
+                              controls=True, progress=False).metrics
+    assert good["mode_score_domain"] == pytest.approx(good["inception_score_domain_real"], rel=0.1)
+    assert 1 <= good["inception_score_domain"] <= len(split.base)
+    # the number is exactly eq. 3 on the pooled probabilities of the reals and the shots control's fakes
+    reals = np.concatenate([dom(ds.get(split_shots(ds, c, 4, seed=0)[1])) for c in classes])
+    shots = np.concatenate([np.tile(dom(ds.get(split_shots(ds, c, 4, seed=0)[0])), (16, 1)) for c in classes])
+    assert good["mode_score_domain_shots"] == pytest.approx(mode_score(dom.class_probs(shots), dom.class_probs(reals)),
+                                                            rel=1e-9)
+    assert good["inception_score_domain_shots"] == pytest.approx(inception_score(dom.class_probs(shots)), rel=1e-9)
+
+    class OneClass(RealImages):  # every class gets images of the first class only
+        def adapt(self, shots, seed, steps=None):
+            return _Sampler(self.ds.class_images(classes[0]))
+
+    bad = evaluate_generator(OneClass(ds), None, ds, classes, dom, shots=4, n_generate=64, seed=0, controls=False,
+                             progress=False).metrics
+    assert bad["mode_score_domain"] < bad["inception_score_domain"] and bad["mode_score_domain"] < good["mode_score_domain"]
