@@ -25,5 +25,6 @@ def get(name: str) -> type[Method]:
 from methods import figr  # noqa: E402,F401  (registers itself)
 from methods import metairnet, protonet  # noqa: E402,F401  (few-shot classifiers: FewShotClassifier)
 from methods import mtgan, transfer  # noqa: E402,F401
+from methods import mfh  # noqa: E402,F401  (registers itself)
 
 __all__ = ["Diagnostics", "Episode", "GradSync", "Method", "Sampler", "Task", "available", "get", "no_sync", "register"]
