@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--save-images", type=Path, help="also write each image into this folder")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--adapt-steps", type=int, help="adaptation steps (default: the run's)")
+    g.add_argument("--interpolate", action="store_true",
+                   help="write a strip of --n images interpolating between two memory slots (methods with a memory, e.g. mfh)")
     _common(g)
 
     from orchestrator import compare, sweep  # light modules: heavy imports live inside their run()
@@ -126,7 +128,7 @@ def _dispatch(args: argparse.Namespace) -> dict:
 
         return pregenerate.run(args, uri)
     return pipeline.run_generate(args.run_id, args.images, uri=uri, n=args.n, out=args.out, seed=args.seed,
-                                 save_images=args.save_images, steps=args.adapt_steps)
+                                 save_images=args.save_images, steps=args.adapt_steps, interpolate=args.interpolate)
 
 
 def main(argv: list[str] | None = None) -> int:

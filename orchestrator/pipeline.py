@@ -82,6 +82,15 @@ def log_evaluation(uri: str, run_id: str, result, step: int, name: str) -> None:
             tracking.log_file(uri, run_id, path, "samples")
 
 
+def check_builds(method: str, cfg: dict[str, Any], ds) -> None:
+    """Build the method once in the driver, so a value it refuses (its ValueError, e.g. ``--set
+    addressing=kmean``) is a one-line user error before anything is recorded, not a worker traceback."""
+    try:
+        build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
+    except ValueError as err:
+        raise UserError(f"{err} (fix the --set value)") from None
+
+
 def ensure_ray(address: str | None) -> bool:
     """Connect to ``address`` or start a local Ray; True if we started it (and must shut it down)."""
     import ray
@@ -111,6 +120,7 @@ def run_train(method: str, overrides: dict[str, Any], sets: list[str], *, worker
     if int(cfg["steps"]) <= 0 and float(cfg["budget_minutes"]) <= 0:
         raise UserError("no budget: pass --steps N or --budget-minutes M")
     ds, split = prepare_data(cfg)
+    check_builds(method, cfg, ds)
     log(f"{cfg['dataset']}: {ds.num_classes} classes, {len(ds.labels)} images {ds.image_shape}; split "
         f"base/val/novel = {len(split.base)}/{len(split.val)}/{len(split.novel)} classes (seed {split.seed})")
     val_features = features_for(ds, split, None, domain_only=True)
@@ -233,19 +243,26 @@ def load_images(paths: list[str], image_size: int, channels: int) -> torch.Tenso
 
 
 def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path, seed: int,
-                 save_images: Path | None, steps: int | None) -> dict[str, Any]:
-    if n < 1:
-        raise UserError(f"--n {n}: ask for at least one image")
+                 save_images: Path | None, steps: int | None, interpolate: bool = False) -> dict[str, Any]:
+    """Adapt on ``images`` and write a grid of ``n`` new images; with ``interpolate``, a one-row strip
+    of ``n`` images walking between two memory slots (methods that offer ``interpolate``, e.g. MFH's Fig. 10)."""
+    if n < (2 if interpolate else 1):
+        raise UserError(f"--n {n}: ask for at least {'2 images (the strip ends)' if interpolate else 'one image'}")
     method, cfg, split_dict, state = load_run(uri, run_id)
+    if interpolate and not callable(getattr(method_class(method), "interpolate", None)):
+        raise UserError(f"--interpolate: method {method} has no memory slots to interpolate between; "
+                        f"drop --interpolate (it works with mfh)")
     from orchestrator.evaluation import save_grid
 
     shots = load_images(images, int(cfg["image_size"]), int(cfg["channels"]))
     model = build_method(method, cfg, tuple(shots.shape[1:]), num_classes=len(split_dict["class_names"]))
     model.load_state_dict(state["state"])
-    sampler = model.adapt(shots, seed=seed, steps=steps)
-    fake = sampler.sample(n, seed=seed).cpu()
+    if interpolate:
+        fake = model.interpolate(shots, n, seed=seed).cpu()
+    else:
+        fake = model.adapt(shots, seed=seed, steps=steps).sample(n, seed=seed).cpu()
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_grid(fake, out, nrow=int(n ** 0.5 + 0.999))
+    save_grid(fake, out, nrow=n if interpolate else int(n ** 0.5 + 0.999))
     written = [str(out)]
     if save_images:
         save_images.mkdir(parents=True, exist_ok=True)
@@ -254,7 +271,8 @@ def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path,
             save_grid(img[None], path, nrow=1)
             written.append(str(path))
     log(f"wrote {out}" + (f" and {n} images under {save_images}" if save_images else ""))
-    return {"run_id": run_id, "method": method, "n": n, "out": str(out), "files": len(written)}
+    return {"run_id": run_id, "method": method, "n": n, "out": str(out), "files": len(written),
+            "interpolate": bool(interpolate)}
 
 
 def print_json(obj: dict[str, Any]) -> None:
