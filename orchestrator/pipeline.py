@@ -203,6 +203,15 @@ def load_run(uri: str, run_id: str):
     return saved["method"], saved["config"], split_dict, state
 
 
+def require_generator(method: str, run_id: str, command: str) -> None:
+    """Classifier runs (protonet, metairnet) make no images: say so instead of failing inside ``adapt``."""
+    from orchestrator.classify import is_classifier
+
+    if is_classifier(method):
+        raise UserError(f"run {run_id} is a {method} classifier, which generates no images: give {command} the run "
+                        f"id of a generator run (figr, mfh, mtgan, transfer)")
+
+
 def run_evaluate(run_id: str, *, uri: str, seed: int | None, n_generate: int | None,
                  inception_weights: str | None) -> dict[str, Any]:
     """Re-run the protocol on a train run's novel classes; recorded as a child run of it."""
@@ -249,6 +258,7 @@ def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path,
     if n < (2 if interpolate else 1):
         raise UserError(f"--n {n}: ask for at least {'2 images (the strip ends)' if interpolate else 'one image'}")
     method, cfg, split_dict, state = load_run(uri, run_id)
+    require_generator(method, run_id, "generate")
     if interpolate and not callable(getattr(method_class(method), "interpolate", None)):
         raise UserError(f"--interpolate: method {method} has no memory slots to interpolate between; "
                         f"drop --interpolate (it works with mfh)")

@@ -321,9 +321,10 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
     uri = uri or tracking.default_tracking_uri()
     parts = _parts(classes)
     if from_run:
-        from orchestrator.pipeline import load_run
+        from orchestrator.pipeline import load_run, require_generator
 
         run_method, cfg, run_split, state = load_run(uri, from_run)  # a UserError names a bad id
+        require_generator(run_method, from_run, "pregenerate --from-run")
         if sets or steps is not None:
             raise UserError("--set and --steps configure FinetuneGAN; with --from-run the run's own config is used")
         dataset, data_root = dataset or cfg["dataset"], data_root or cfg["data_root"]

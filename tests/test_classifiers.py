@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from methods.base import Episode
 from methods.metairnet import FusionNet, MetaIRNet
@@ -170,6 +171,15 @@ def test_train_metairnet_on_omniglot_logs_accuracy_and_interval(data_root, omnig
     assert "samples/novel_episode.png" in arts
     split = tracking.load_json_artifact(db, run.info.run_id, "split.json")
     assert set(split["novel"]).isdisjoint(split["base"] + split["val"])
+    # a classifier makes no images: generate on its run is a one-line user error, not a traceback
+    shot = tmp_path / "shot.png"
+    Image.new("L", (32, 32), 255).save(shot)
+    capsys.readouterr()
+    assert main(["generate", out["run_id"], "--images", str(shot), "--tracking-uri", db,
+                 "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "classifier" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_metairnet_search_space_loads_against_its_config():
