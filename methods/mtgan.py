@@ -143,7 +143,10 @@ class MTGAN(Method):
         "adapt_steps": 10,  # eq. 10 steps on the shots at test (phase 3)
         "init_seed": 0,
     }
-    harness_defaults = {"tasks_per_worker": 5}  # one 5-way task per worker per step
+    # One 5-way task per worker per step. The final checkpoint is the model: validation scores in
+    # phase 1 would rank checkpoints that have no meta-learned SS yet, so selecting on them could
+    # evaluate a pre-trained cGAN as "MT-GAN". --set select_metric=val_fid_domain still works.
+    harness_defaults = {"tasks_per_worker": 5, "select_metric": "last"}
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
                  num_classes: int = 0):

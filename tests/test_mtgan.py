@@ -146,6 +146,7 @@ def test_registered_with_defaults_and_bad_options(digits):
     assert methods.get("mtgan") is MTGAN
     cfg = MTGAN.default_config
     assert MTGAN.harness_defaults["tasks_per_worker"] == cfg["ways"]
+    assert MTGAN.harness_defaults["select_metric"] == "last"  # never a phase-1 (pre-trained only) checkpoint
     assert (cfg["ss"], cfg["g_target"], cfg["meta_ss"], cfg["head_init"]) == ("channel", "class", True, "meta")
     for key, bad in (("ss", "kernel"), ("g_target", "x"), ("head_init", "x"), ("inner_optimizer", "x")):
         with pytest.raises(ValueError, match=key):
