@@ -323,6 +323,7 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
     if from_run:
         from orchestrator.pipeline import load_run, require_generator
 
+        # state: the selected checkpoint, {"state": the method's state dict, "step": ...}
         run_method, cfg, run_split, state = load_run(uri, from_run)  # a UserError names a bad id
         require_generator(run_method, from_run, "pregenerate --from-run")
         if sets or steps is not None:
@@ -370,7 +371,7 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
     else:
         spec = perceptual_spec(ds, split, cfg, perceptual_weights)
     if from_run:
-        worker = (RunWorker, (run_method, cfg, state, ds.image_shape, len(run_split["class_names"])))
+        worker = (RunWorker, (run_method, cfg, state["state"], ds.image_shape, len(run_split["class_names"])))
     else:
         worker = (FinetuneWorker, (str(Path(biggan).resolve()), cfg,
                                    {k: v for k, v in spec.items() if k != "description"}))

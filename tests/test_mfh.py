@@ -428,6 +428,23 @@ def test_generate_from_one_image_and_interpolate(store, trained, tmp_path, capsy
     assert err.startswith("error: --interpolate") and "figr" in err and "\n" not in err
 
 
+def test_pregenerate_from_the_trained_run_writes_variants_a_classifier_store_reads(store, trained, tmp_path, capsys):
+    """The whole --from-run path on a real run's checkpoint (not a hand-made state dict)."""
+    import pyarrow.parquet as pq
+
+    from orchestrator import classify
+
+    out = tmp_path / "store"
+    assert main(["pregenerate", "--from-run", trained["run_id"], "--classes", "novel", "--per-class", "2",
+                 "--variants", "3", "--out", str(out), "--no-progress", "--tracking-uri", store, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 2 * 2 * 3 and summary["rows_written"] == len(table)  # 2 novel digits x 2 images x 3
+    ids = sorted({r["image_id"] for r in table})
+    loaded = classify.GeneratedStore.load(out, (1, 32, 32), set(ids))
+    assert loaded.missing(ids) == [] and loaded.variants == 3
+
+
 def test_bad_method_option_is_a_user_error_before_any_run(store, capsys):
     exp = tracking.experiment_id(store, tracking.DEFAULT_EXPERIMENT)
     before = len(tracking.client(store).search_runs([exp]))
