@@ -69,6 +69,9 @@ class Method(abc.ABC):
     # Harness keys this method wants a different default for (e.g. ``tasks_per_worker``: classes
     # per meta-step); still overridable with ``--set``.
     harness_defaults: ClassVar[dict[str, Any]] = {}
+    # Config keys that make a different model rather than a different hyperparameter (an architecture,
+    # an ablation switch): ``compare`` ranks each combination of their values as its own row.
+    variant_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
                  num_classes: int = 0):
@@ -116,6 +119,9 @@ class FewShotClassifier(abc.ABC):
     name: ClassVar[str]
     default_config: ClassVar[dict[str, Any]]
     harness_defaults: ClassVar[dict[str, Any]] = {}
+    # Config keys that make a different model rather than a different hyperparameter (an architecture,
+    # an ablation switch): ``compare`` ranks each combination of their values as its own row.
+    variant_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
                  num_classes: int = 0):

@@ -102,6 +102,7 @@ class FIGR(Method):
         "adapt_steps": 10,  # inner iterations at test-time adaptation (Algorithm 2)
         "init_seed": 0,
     }
+    variant_keys = ("arch",)  # the public code's DCGAN-style net or the paper's ResNet
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
                  num_classes: int = 0):

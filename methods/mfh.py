@@ -217,6 +217,7 @@ class MFH(Method):
         "init_seed": 0,
     }
     harness_defaults = {"tasks_per_worker": 4}  # classes per meta-step on each worker
+    variant_keys = ("addressing", "diversity_loss")  # Table 4's ablations
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
                  num_classes: int = 0):

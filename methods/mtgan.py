@@ -147,6 +147,7 @@ class MTGAN(Method):
     # phase 1 would rank checkpoints that have no meta-learned SS yet, so selecting on them could
     # evaluate a pre-trained cGAN as "MT-GAN". --set select_metric=val_fid_domain still works.
     harness_defaults = {"tasks_per_worker": 5, "select_metric": "last"}
+    variant_keys = ("meta_ss",)  # meta-learned SS vs the SS-at-initial-values control
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
                  num_classes: int = 0):

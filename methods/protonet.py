@@ -131,6 +131,7 @@ class ProtoNet(FewShotClassifier):
         "test_episodes": 1000,
     }
     harness_defaults = {"eval_every": 500, "log_every": 50, "select_metric": "val_accuracy"}
+    variant_keys = ("backbone", "augment")  # Table 2's rows
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
                  num_classes: int = 0):

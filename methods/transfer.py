@@ -87,6 +87,7 @@ class Transfer(Method):
         "init_seed": 0,
     }
     harness_defaults = {"tasks_per_worker": 8}  # a pre-training batch of 8 x shots images
+    variant_keys = ("arch",)  # DCGAN, cDCGAN, InfoGAN: three baselines
 
     def __init__(self, config: dict[str, Any], image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
                  num_classes: int = 0):

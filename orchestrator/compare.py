@@ -50,6 +50,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("compare.png"), help="plot PNG (default compare.png)")
 
 
+def variant_label(method: str, params: dict[str, str]) -> str:
+    """``transfer[arch=infogan]``: the method plus the values of its ``variant_keys`` (architectures,
+    ablation switches), so that different models of one method are ranked as separate rows."""
+    import methods
+
+    try:
+        keys = methods.get(method).variant_keys
+    except KeyError:  # a run of a method this checkout does not have
+        keys = ()
+    parts = [f"{k}={params[k]}" for k in keys if k in params]
+    return f"{method}[{','.join(parts)}]" if parts else method
+
+
 def metric_mode(metric: str) -> str | None:
     """'min' or 'max' from the metric's name (``val_fid_domain`` → min), or None if unknown."""
     tokens = metric.lower().split("_")
@@ -229,7 +242,7 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
 
     groups: dict[tuple[str, str], list] = {}
     for r in kept:
-        key = (r.data.tags.get("method", "-"), r.data.tags.get("dataset", "-"))
+        key = (variant_label(r.data.tags.get("method", "-"), r.data.params), r.data.tags.get("dataset", "-"))
         groups.setdefault(key, []).append(r)
     pick = min if mode == "min" else max
     rows = _Rows()

@@ -110,6 +110,29 @@ def test_default_ranks_on_validation_best_not_novel_or_last(tmp_path):
     assert row["metrics"]["fid_domain"] == 80.0 and row["metrics"]["val_fid_domain"] == 10.0
 
 
+def test_variants_of_one_method_are_separate_rows(tmp_path):
+    """Three transfer baselines (variant_keys = arch) and MT-GAN with and without meta-learned SS:
+    each its own row, while runs differing only in a hyperparameter (lr) share one."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def run(method, params, fid):
+        rid = tracking.start_run(uri, "variants", "r", params, {"method": method, "dataset": "omniglot"})
+        tracking.log_metrics(uri, rid, {"fid_domain": fid})
+        tracking.end_run(uri, rid)
+
+    for arch, fid in (("dcgan", 3), ("cdcgan", 2), ("infogan", 1)):
+        run("transfer", {"arch": arch, "lr": 0.1}, fid)
+    run("transfer", {"arch": "infogan", "lr": 0.2}, 5)
+    run("mtgan", {"meta_ss": "True"}, 7)
+    run("mtgan", {"meta_ss": "False"}, 8)
+    out = compare.run(_args(str(tmp_path), experiment="variants", metric="fid_domain"), uri)
+    rows = {r["method"]: r for r in out["rows"]}
+    assert set(rows) == {"transfer[arch=dcgan]", "transfer[arch=cdcgan]", "transfer[arch=infogan]",
+                         "mtgan[meta_ss=True]", "mtgan[meta_ss=False]"}
+    assert rows["transfer[arch=infogan]"]["n_runs"] == 2 and rows["transfer[arch=infogan]"]["value"] == 1
+    assert compare.variant_label("no-such-method", {"arch": "x"}) == "no-such-method"
+
+
 def test_higher_is_better_metric_and_row_metrics(store):
     out = compare.run(_args(store["tmp"], experiment=EXP, metric="class_hit"), store["uri"])
     rows = _by_key(out)
