@@ -6,6 +6,7 @@ is created in MLflow or Ray is started, so bad input leaves the store exactly as
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -285,6 +286,17 @@ def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path,
             "interpolate": bool(interpolate)}
 
 
+def _strict(value: Any) -> Any:
+    """NaN and infinities as null: Python's json writes bare NaN, which jq and other strict parsers refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def print_json(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
-    print(json.dumps(obj, sort_keys=True), flush=True)
+    print(json.dumps(_strict(obj), sort_keys=True, allow_nan=False), flush=True)
