@@ -41,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--cpus-per-worker", type=float, default=1)
     t.add_argument("--gpus-per-worker", type=float, default=0, help="> 0 trains on GPUs with NCCL")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config value")
+    t.add_argument("--backbone", choices=("conv4", "resnet18"),
+                   help="few-shot classifiers (protonet, metairnet): the feature extractor (default conv4)")
+    t.add_argument("--backbone-weights", metavar="FILE",
+                   help="with --backbone resnet18: a local torchvision ImageNet state dict (default: random init)")
     t.add_argument("--experiment", default=None, help="MLflow experiment name")
     t.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     t.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for fid_inception")
@@ -102,8 +106,15 @@ def _dispatch(args: argparse.Namespace) -> dict:
             overrides = {"steps": args.steps, "budget_minutes": args.budget_minutes}
         from orchestrator import classify
 
+        sets = list(args.set)
+        if args.backbone or args.backbone_weights:  # shortcuts for --set backbone=... / backbone_weights=...
+            if args.resume or not classify.is_classifier(args.method):
+                raise UserError("--backbone and --backbone-weights configure the few-shot classifiers: use them with "
+                                "train protonet or train metairnet")
+            sets = [*([f"backbone={args.backbone}"] if args.backbone else []),
+                    *([f"backbone_weights={args.backbone_weights}"] if args.backbone_weights else []), *sets]
         if args.method and not args.resume and classify.is_classifier(args.method):
-            return classify.run_train(args.method, overrides, args.set, workers=args.workers,
+            return classify.run_train(args.method, overrides, sets, workers=args.workers,
                                       cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                                       uri=uri, experiment=args.experiment or tracking.DEFAULT_EXPERIMENT,
                                       address=args.address, max_failures=args.max_failures)

@@ -182,6 +182,26 @@ def test_train_metairnet_on_omniglot_logs_accuracy_and_interval(data_root, omnig
     assert not (tmp_path / "g.png").exists()
 
 
+def test_backbone_flags_train_protonet_on_resnet18_with_local_weights(data_root, tmp_path, ray_local, capsys):
+    import torchvision
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    weights = tmp_path / "resnet18.pth"  # stands in for the ImageNet file: same structure, random values
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    base = ["train", "protonet", "--dataset", "omniglot", "--data-root", str(data_root / "omniglot"),
+            "--tracking-uri", db, "--steps", "1", "--set", "n_way=3", "--set", "queries=2", "--set", "eval_every=1",
+            "--set", "val_episodes=2", "--set", "test_episodes=3", "--json"]
+    assert main([*base, "--backbone", "resnet18", "--backbone-weights", str(weights)]) == 0
+    run = tracking.get_run(db, json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"])
+    assert run.data.params["backbone"] == "resnet18" and run.data.params["backbone_weights"] == str(weights)
+    assert run.data.tags["backbone"] == "resnet18"
+    # a generator has no backbone: one line, exit 2, nothing recorded
+    before = len(tracking.client(db).search_runs([run.info.experiment_id]))
+    assert main(["train", "figr", "--backbone", "resnet18", "--tracking-uri", db]) == 2
+    assert "protonet" in capsys.readouterr().err
+    assert len(tracking.client(db).search_runs([run.info.experiment_id])) == before
+
+
 def test_metairnet_search_space_loads_against_its_config():
     from pathlib import Path
 
