@@ -18,7 +18,7 @@ Where the paper and the authors' public code (github.com/OctThe16th/FIGR) disagr
 this module does:
 - Learning rates. Paper Table 1: inner 1e-4, outer 1e-5. Public code: inner SGD 1e-3, outer
   Adam 1e-4. Defaults follow the public code; the paper's values are
-  ``--set inner_lr=0.0001 --set outer_lr=0.00001``.
+  ``--set inner_lr=0.0001 --set meta_lr=0.00001``.
 - Outer Adam: the public code uses torch's default betas (0.9, 0.999); so do the defaults here.
 - Architecture. The paper names ResNet-18-style nets; the code defaults to a DCGAN-style net
   (5x5 convs, width 64, nearest upsampling). Both are here (``arch=dcgan`` default, ``arch=resnet``),
@@ -95,7 +95,7 @@ class FIGR(Method):
         "inner_steps": 10,  # K
         "inner_lr": 1e-3,  # public code; paper Table 1: 1e-4
         "inner_optimizer": "sgd",  # "sgd" (paper and public code) or "adam" (fresh per task, betas (0, 0.999))
-        "outer_lr": 1e-4,  # public code; paper Table 1: 1e-5
+        "meta_lr": 1e-4,  # public code; paper Table 1: 1e-5
         "outer_beta1": 0.9,  # public code: torch's default Adam betas
         "outer_beta2": 0.999,
         "gp_weight": 10.0,
@@ -130,8 +130,8 @@ class FIGR(Method):
         self.G = G.to(self.device)
         self.D = D.to(self.device)
         betas = (float(cfg["outer_beta1"]), float(cfg["outer_beta2"]))
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=float(cfg["outer_lr"]), betas=betas)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=float(cfg["outer_lr"]), betas=betas)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=float(cfg["meta_lr"]), betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=float(cfg["meta_lr"]), betas=betas)
         self._fast: tuple[nn.Module, nn.Module] | None = None  # reused per-task copies W (reloaded from Phi)
 
     # ----------------------------------------------------------------- inner loop (Algorithms 1 and 2)

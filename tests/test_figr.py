@@ -47,12 +47,12 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def test_registered_and_config_types():
     assert methods.get("figr") is FIGR
     cfg = FIGR.default_config
-    for key in ("inner_lr", "outer_lr", "outer_beta1", "outer_beta2", "gp_weight"):
+    for key in ("inner_lr", "meta_lr", "outer_beta1", "outer_beta2", "gp_weight"):
         assert isinstance(cfg[key], float), key
     assert (cfg["arch"], cfg["shots"], cfg["inner_steps"], cfg["z_dim"]) == ("dcgan", 4, 10, 100)
-    assert (cfg["inner_lr"], cfg["outer_lr"], cfg["inner_optimizer"]) == (1e-3, 1e-4, "sgd")
+    assert (cfg["inner_lr"], cfg["meta_lr"], cfg["inner_optimizer"]) == (1e-3, 1e-4, "sgd")
     # the paper's Table 1 learning rates are one override away
-    m = make(inner_lr=1e-4, outer_lr=1e-5)
+    m = make(inner_lr=1e-4, meta_lr=1e-5)
     assert m.inner_lr == 1e-4 and m.opt_G.param_groups[0]["lr"] == 1e-5 == m.opt_D.param_groups[0]["lr"]
 
 
@@ -147,7 +147,7 @@ def test_one_inner_iteration_is_critic_sgd_on_wgan_gp_then_generator_sgd():
 
 # ------------------------------------------------------------------ outer update
 def test_meta_update_is_adam_on_phi_minus_w_and_adapt_matches_inner_loop():
-    m = make(outer_lr=1e-3)
+    m = make(meta_lr=1e-3)
     ref = copy.deepcopy(m)  # reference Phi, updated by hand with torch.optim.Adam
     ref_params = ref.parameters()
     opt = torch.optim.Adam(ref_params, lr=1e-3, betas=(0.9, 0.999))
