@@ -6,7 +6,9 @@ images at 32x32 are 72 MB). ``get`` converts to float in [-1, 1] only for the im
 
 Pixel conventions are each dataset's own, not harmonised: ``digits``, ``mnist`` and
 ``fashion-mnist`` are light ink/object on black; ``omniglot`` is NOT inverted and stays dark ink
-on a white background, as the PNGs are drawn; ``folder`` keeps the photos' colours.
+on a white background, as the PNGs are drawn; ``folder`` keeps the photos' colours. Image files
+(``omniglot``, ``folder``) are decoded by ``orchestrator.data.images`` (one rule for every Pillow
+mode; transparency composited on the dataset's background: white unless overridden).
 
 Downloads: only when ``root`` is None, ``mnist``/``fashion-mnist``/``omniglot`` try torchvision's
 download into ``$FSIG_CACHE/datasets`` (default ``~/.cache/fsig/datasets``); a failure (e.g. no
@@ -30,19 +32,25 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from orchestrator.data.images import (
+    bomb_warnings_as_errors, check_background, dataset_background, read_model_image, square_array,
+)
 from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DATASET_NAMES = ("digits", "omniglot", "mnist", "fashion-mnist", "folder")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 OMNIGLOT_SPLITS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: images.read_model_image (alpha, 16-bit, float rules)
 
 
 @dataclass(eq=False)
@@ -98,8 +106,19 @@ class ClassDataset:
 # entry point
 
 
-def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32, channels: int = 1) -> ClassDataset:
-    """Load dataset ``name`` resized to ``image_size`` square with ``channels`` (1 or 3) channels."""
+def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32, channels: int = 1,
+                 background: str | None = None) -> ClassDataset:
+    """Load dataset ``name`` resized to ``image_size`` square with ``channels`` (1 or 3) channels.
+
+    ``background`` (``"white"`` or ``"black"``): what transparent pixels of decoded image files are
+    composited on; None takes the dataset's own (``images.dataset_background``: white for
+    ``omniglot`` and ``folder``, black for the light-on-black digit sets, whose files are not
+    images and so have no transparency). See ``orchestrator.data.images`` for the conversion rule.
+
+    Raises:
+        UserError: unknown dataset, bad size / channels / background, a missing or unreadable
+            root, or any file the dataset's loader cannot read (one line naming it and the fix).
+    """
     key = str(name).strip().lower().replace("_", "-")
     if key == "fashionmnist":
         key = "fashion-mnist"
@@ -109,6 +128,7 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
         raise UserError(f"image size {image_size!r} is too small: pass an image size of at least 8")
     if channels not in (1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels!r}: pass channels 1 (grayscale) or 3 (RGB)")
+    background = dataset_background(key) if background is None else check_background(background)
     root_path = None if root is None else Path(root).expanduser()
     if root_path is not None and key != "digits" and not root_path.is_dir():
         raise UserError(f"data root {root_path} does not exist: pass --data-root pointing at {_what_root_holds(key)}")
@@ -117,8 +137,8 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
     if key in ("mnist", "fashion-mnist"):
         return _load_mnist(key, root_path, image_size, channels)
     if key == "omniglot":
-        return _load_omniglot(root_path, image_size, channels)
-    return _load_folder(root_path, image_size, channels)
+        return _load_omniglot(root_path, image_size, channels, background)
+    return _load_folder(root_path, image_size, channels, background)
 
 
 def _what_root_holds(key: str) -> str:
@@ -160,50 +180,28 @@ def _to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot turn {x.shape[1]} channels into {channels}")
 
 
-def _decode_many(items: Sequence[tuple[str, Callable[[], bytes | Path]]], convert: Callable, what: str) -> list[np.ndarray]:
-    """Decode images in a thread pool (PIL releases the GIL); a bad file is a UserError naming it."""
-    from PIL import Image, UnidentifiedImageError
+def _decode_many(items: Sequence[tuple[str, Callable[[], bytes | Path]]], channels: int, background: str,
+                 finish: Callable[["Image.Image"], np.ndarray]) -> list[np.ndarray]:
+    """Decode images with ``images.read_model_image`` in a thread pool (PIL releases the GIL).
+
+    ``finish`` turns each model-mode ("L"/"RGB") image into its uint8 array. A bad file, or one
+    over Pillow's decompression-bomb limit, is a ``UserError`` naming it.
+    """
 
     def one(item: tuple[str, Callable[[], bytes | Path]]) -> np.ndarray:
         label, read = item
         try:
             src = read()
-            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
-                im.load()
-                return convert(im)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile) as e:
-            raise UserError(f"cannot read image {label} ({type(e).__name__}: {e}): remove or replace this {what} file") from None
+        except OSError as e:
+            raise UserError(f"cannot read image {label} ({type(e).__name__}: {e}): remove or replace this file") from None
+        return finish(read_model_image(src, channels, background, label=label))
 
     workers = max(1, min(8, os.cpu_count() or 1))
-    if len(items) < 64 or workers == 1:
-        return [one(it) for it in items]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, items, chunksize=64))
-
-
-def _pil_square(image_size: int, channels: int, crop: bool) -> Callable:
-    """PIL image -> uint8 [C, S, S]; ``crop``: shorter side to S then centre crop, else plain resize."""
-    from PIL import Image
-    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
-
-    resize = Resize(image_size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    center = CenterCrop(image_size)
-    mode = "L" if channels == 1 else "RGB"
-
-    def convert(im: "Image.Image") -> np.ndarray:
-        if im.mode in ("P", "PA", "LA", "RGBA") and mode == "RGB":
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent -> white
-            im = Image.alpha_composite(bg, im)
-        im = im.convert(mode)
-        if crop:
-            im = center(resize(im))
-        else:
-            im = im.resize((image_size, image_size), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
-        return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-    return convert
+    with bomb_warnings_as_errors():  # process-wide filter, entered once here, not in the threads
+        if len(items) < 64 or workers == 1:
+            return [one(it) for it in items]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, items, chunksize=64))
 
 
 def _dataset(name: str, images: torch.Tensor, labels: np.ndarray, class_names: list[str],
@@ -357,10 +355,11 @@ def _omniglot_sources(root: Path) -> list[tuple[str, str, Path]]:
     return sources
 
 
-def _load_omniglot(root: Path | None, image_size: int, channels: int) -> ClassDataset:
+def _load_omniglot(root: Path | None, image_size: int, channels: int, background: str = "white") -> ClassDataset:
     """Every Omniglot split present, merged and de-duplicated by Alphabet/character and file name.
 
-    Images are resized with PIL bilinear from 105x105 and kept dark-ink-on-white (not inverted).
+    Images are read with ``images.read_model_image`` as grey (any transparency on ``background``),
+    resized with PIL bilinear from 105x105 and kept dark-ink-on-white (not inverted).
     """
     if root is None:
         root = cache_dir() / "datasets"
@@ -382,13 +381,12 @@ def _load_omniglot(root: Path | None, image_size: int, channels: int) -> ClassDa
     keys = sorted(items)
     class_keys = sorted({(a, c) for a, c, _ in keys})
     class_of = {k: i for i, k in enumerate(class_keys)}
-    from PIL import Image
 
-    def convert(im: "Image.Image") -> np.ndarray:
-        # 1-bit PNG -> 8-bit gray first, so bilinear gives real gray levels at the stroke edges
-        return np.asarray(im.convert("L").resize((image_size, image_size), Image.BILINEAR), dtype=np.uint8)[None]
+    def finish(im: "Image.Image") -> np.ndarray:
+        # the 1-bit PNG is 8-bit grey by now, so bilinear gives real grey levels at the stroke edges
+        return square_array(im, image_size, crop=False)
 
-    arrays = _decode_many([items[k] for k in keys], convert, "omniglot")
+    arrays = _decode_many([items[k] for k in keys], 1, background, finish)
     x = _to_channels(torch.from_numpy(np.stack(arrays)), channels)
     labels = np.array([class_of[(a, c)] for a, c, _ in keys], dtype=np.int64)
     return _dataset("omniglot", x, labels, [f"{a}/{c}" for a, c in class_keys], [a for a, _ in class_keys],
@@ -418,8 +416,12 @@ def _omniglot_entries(kind: str, path: Path) -> Iterable[tuple[str, str, str, st
 # folder of class sub-folders (CUB-200 images/, Animal Faces, FIGR-8, ...)
 
 
-def _load_folder(root: Path | None, image_size: int, channels: int) -> ClassDataset:
-    """root/<class>/<image>: one class per sub-folder (sorted by name), shorter side resized then centre-cropped."""
+def _load_folder(root: Path | None, image_size: int, channels: int, background: str = "white") -> ClassDataset:
+    """root/<class>/<image>: one class per sub-folder (sorted by name), shorter side resized then centre-cropped.
+
+    Every file goes through ``images.read_model_image`` (any Pillow mode; transparency composited on
+    ``background``, white unless the caller overrides it), then ``images.square_array``.
+    """
     if root is None:
         raise UserError(f"the folder dataset needs a data root: pass --data-root pointing at {_what_root_holds('folder')}")
     classes: list[tuple[str, list[Path]]] = []
@@ -435,11 +437,12 @@ def _load_folder(root: Path | None, image_size: int, channels: int) -> ClassData
     labels = np.array([i for i, (_, fs) in enumerate(classes) for _ in fs], dtype=np.int64)
     names = [n for n, _ in classes]
     stats = [(str(f.relative_to(root)), *_stat(f)) for f in files]
-    key = hashlib.sha256(json.dumps([_CACHE_VERSION, str(root.resolve()), image_size, channels, stats]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([_CACHE_VERSION, str(root.resolve()), image_size, channels, background, stats]).encode()).hexdigest()[:24]
     cache = cache_dir() / "decoded" / f"folder-{key}.npz"
     x = _read_cache(cache, len(files))
     if x is None:
-        arrays = _decode_many([(str(f), (lambda f=f: f)) for f in files], _pil_square(image_size, channels, crop=True), "image")
+        arrays = _decode_many([(str(f), (lambda f=f: f)) for f in files], channels, background,
+                              lambda im: square_array(im, image_size, crop=True))
         x = np.stack(arrays)
         _write_cache(cache, x)
     return _dataset("folder", torch.from_numpy(x), labels, names)
