@@ -174,6 +174,27 @@ def test_load_errors(tmp_path):
         load_dataset("omniglot", bad)
 
 
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_data_root_missing_or_a_file_is_refused_for_every_dataset(name, tmp_path):
+    """Every dataset, digits included (it reads no root, but a mistyped --data-root is not ignored)."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserError, match=rf"data root {missing} does not exist: .*--data-root") as e:
+        load_dataset(name, missing, image_size=8)
+    assert "\n" not in str(e.value)
+    a_file = tmp_path / "data.zip"
+    a_file.write_bytes(b"PK")
+    with pytest.raises(UserError, match=rf"data root {a_file} is a file, not a folder: .*--data-root") as e:
+        load_dataset(name, str(a_file), image_size=8)
+    assert "\n" not in str(e.value)
+
+
+def test_digits_root_blank_or_existing_is_fine(tmp_path):
+    with pytest.raises(UserError, match="digits ships with scikit-learn, so leave --data-root out"):
+        load_dataset("digits", tmp_path / "typo", image_size=8)
+    for root in (None, "", "  ", tmp_path):
+        assert load_dataset("digits", root, image_size=8).num_classes == 10
+
+
 # ---------------------------------------------------------------------------------------------
 # splits
 

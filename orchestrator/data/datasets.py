@@ -129,9 +129,7 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
     if channels not in (1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels!r}: pass channels 1 (grayscale) or 3 (RGB)")
     background = dataset_background(key) if background is None else check_background(background)
-    root_path = None if root is None else Path(root).expanduser()
-    if root_path is not None and key != "digits" and not root_path.is_dir():
-        raise UserError(f"data root {root_path} does not exist: pass --data-root pointing at {_what_root_holds(key)}")
+    root_path = check_root(key, root)
     if key == "digits":
         return _load_digits(image_size, channels)
     if key in ("mnist", "fashion-mnist"):
@@ -139,6 +137,30 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
     if key == "omniglot":
         return _load_omniglot(root_path, image_size, channels, background)
     return _load_folder(root_path, image_size, channels, background)
+
+
+def check_root(key: str, root: str | Path | None) -> Path | None:
+    """The data root as a ``Path`` (None when not given: None or blank), refused unless it is a readable folder.
+
+    Every dataset refuses a root that does not exist, is a file (or anything but a folder), or
+    cannot be listed, with one line naming ``--data-root``. ``digits`` ships with scikit-learn
+    and reads no root, but a root given for it must still exist (a mistyped path is not ignored).
+
+    Raises:
+        UserError: as above.
+    """
+    if root is None or not str(root).strip():
+        return None
+    path = Path(root).expanduser()
+    fix = ("digits ships with scikit-learn, so leave --data-root out (or pass an existing folder)" if key == "digits"
+           else f"pass --data-root pointing at {_what_root_holds(key)}")
+    if not path.exists():
+        raise UserError(f"data root {path} does not exist: {fix}")
+    if not path.is_dir():
+        raise UserError(f"data root {path} is a file, not a folder: {fix}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise UserError(f"data root {path} cannot be read (permission denied): make it readable, or {fix}")
+    return path
 
 
 def _what_root_holds(key: str) -> str:
@@ -426,8 +448,11 @@ def _load_folder(root: Path | None, image_size: int, channels: int, background: 
         raise UserError(f"the folder dataset needs a data root: pass --data-root pointing at {_what_root_holds('folder')}")
     classes: list[tuple[str, list[Path]]] = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
-                       and f.suffix.lower() in IMAGE_EXTENSIONS)
+        try:
+            files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
+                           and f.suffix.lower() in IMAGE_EXTENSIONS)
+        except OSError as e:
+            raise UserError(f"cannot list class folder {d} ({type(e).__name__}): make it readable or remove it") from None
         if files:
             classes.append((d.name, files))
     if not classes:
