@@ -41,7 +41,19 @@ Where the paper is ambiguous, what this module does:
 - ``addressing=kmeans`` (Table 4's ablation): nearest slot by Euclidean distance, straight-through
   to E_ci, memory moved only by VQ-VAE's codebook loss ||sg(f) - M_k||^2, encoder held by the
   commitment loss ``commitment``*||f - sg(M_k)||^2; the pair samples read M through a stop-gradient
-  too, and L_cb (defined on R's distribution) does not apply.
+  too, and L_cb (defined on R's distribution) does not apply. Nearest-slot addressing collapses to a
+  few slots; the others keep their random initial vectors, which Table 4's ablation never reads. So
+  the model keeps a usage record ``slot_used`` (a bool buffer in the state dict, EMA copy included):
+  after each step's all-reduce, every slot whose memory row has a non-zero gradient is marked. Only
+  the codebook loss reaches M, and only through the selected rows, so that is exactly "some worker's
+  image addressed this slot"; the all-reduced gradient is identical on every worker, so the record is
+  too and N workers record what one worker with all their tasks records (no extra all-reduce, no
+  per-worker state). The pair of task j draws its slots from the record plus the slots task j's own
+  images address in this step (a per-task rule, so still worker-independent; a = b when that set has
+  one slot), and generation, ``interpolate`` and Fig. 5 draw only from recorded slots (all slots
+  while the record is empty, i.e. before the first meta-step). Gumbel addressing has no record and
+  draws from every slot exactly as before. A kmeans checkpoint written before the record existed
+  loads with every slot marked (what its generator was trained and sampled on).
 - ``diversity_loss=false`` (Table 4) drops L_ds only; the pair is still generated for the GAN.
 - Training images per class: the harness gives each task ``shots`` images, the same number
   evaluation conditions on, so the default ``shots=1`` (the paper's one-shot test; its training
@@ -49,10 +61,12 @@ Where the paper is ambiguous, what this module does:
   ``--set shots=K`` trains with K-image class means (eq. 1) but then also evaluates K-shot.
 
 Inference (no fine-tuning): ``adapt`` encodes the shots' CR feature with the EMA encoder
-(``steps`` is ignored); the sampler draws memory slots (a fresh seeded permutation of all slots
-per ``memory_size`` images, so the first images use distinct slots). ``adapt(steps=0)``, the
-protocol's "unadapted" control, uses a zero CR feature instead of the shots': the same memory and
-generator with no information about the class, so its class_hit shows what the CR path adds.
+(``steps`` is ignored); the sampler draws memory slots (a fresh seeded permutation of all usable
+slots per that many images, so the first images use distinct slots; usable = all slots with gumbel
+addressing, the usage record with kmeans; ``MFHSampler.slot_indices`` says which).
+``adapt(steps=0)``, the protocol's "unadapted" control, uses a zero CR feature instead of the
+shots': the same memory and generator with no information about the class, so its class_hit shows
+what the CR path adds.
 ``interpolate`` walks linearly between two slots (Fig. 10).
 
 Determinism: every draw inside a step (Gumbel noise, pair slots) comes from a ``torch.Generator``
@@ -143,7 +157,14 @@ def slot_permutation(n: int, slots: int, gen: torch.Generator) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the G side
 class Hallucinator(nn.Module):
-    """E_cr, E_ci, R (gumbel only), memory M and G: everything the EMA copy averages and generation uses."""
+    """E_cr, E_ci, R (gumbel only), memory M and G: everything the EMA copy averages and generation uses.
+
+    With ``addressing=kmeans`` it also holds ``slot_used`` [n] (bool buffer, in the state dict): which
+    slots the nearest-slot addresser has selected during meta-training (see ``MFH.meta_train_step``).
+    With gumbel addressing ``slot_used`` is None (no buffer, the state dict is unchanged).
+    """
+
+    slot_used: torch.Tensor | None
 
     def __init__(self, image_shape: tuple[int, int, int], cfg: dict[str, Any]):
         super().__init__()
@@ -154,6 +175,8 @@ class Hallucinator(nn.Module):
         self.R = Addresser(ci, int(cfg["addresser_hidden"]), n) if self.addressing == "gumbel" else None
         self.memory = nn.Parameter(torch.randn(n, ci))
         self.G = Generator(image_shape, w, cr, ci)
+        # a None buffer is left out of the state dict: gumbel checkpoints keep exactly their old keys
+        self.register_buffer("slot_used", torch.zeros(n, dtype=torch.bool) if self.addressing == "kmeans" else None)
 
     def slots(self, x: torch.Tensor) -> torch.Tensor:
         """The slot each image addresses, without noise (argmax of R, or the nearest slot)."""
@@ -161,6 +184,25 @@ class Hallucinator(nn.Module):
         if self.R is not None:
             return self.R(f).argmax(dim=1)
         return torch.cdist(f, self.memory).argmin(dim=1)
+
+    def usable_slots(self) -> torch.Tensor:
+        """Slot indices generation may draw from (CPU, ascending): all of them with gumbel addressing;
+        with kmeans the slots in ``slot_used``, or all of them while that record is empty (a model
+        before its first meta-step has addressed nothing, so no slot is more "used" than another)."""
+        n = self.memory.shape[0]
+        if self.slot_used is None or not bool(self.slot_used.any()):
+            return torch.arange(n)
+        return self.slot_used.nonzero().flatten().cpu()
+
+    def sample_slots(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` slot indices for generation (CPU): seeded permutations of ``usable_slots`` concatenated.
+
+        With gumbel addressing this is ``slot_permutation(n, memory_size, gen)``, the draw MFH always made.
+        """
+        usable = self.usable_slots()
+        if len(usable) == self.memory.shape[0]:
+            return slot_permutation(n, len(usable), gen)
+        return usable[slot_permutation(n, len(usable), gen)]
 
     def class_feature(self, shots: torch.Tensor) -> torch.Tensor:
         """Eq. 1: mean CR feature of one class's images, [cr_dim]."""
@@ -183,10 +225,14 @@ class MFHSampler:
         self.net = net
         self.f_cr = f_cr
 
+    def slot_indices(self, n: int, seed: int) -> torch.Tensor:
+        """The memory slots ``sample(n, seed)`` reads, in order (CPU long tensor)."""
+        return self.net.sample_slots(int(n), torch.Generator().manual_seed(int(seed)))
+
     @torch.no_grad()
     def sample(self, n: int, seed: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(int(seed))
-        idx = slot_permutation(int(n), self.net.memory.shape[0], gen).to(self.net.memory.device)
+        """``n`` images: G(this class's CR feature, memory slot i) for the slots of ``slot_indices(n, seed)``."""
+        idx = self.slot_indices(n, seed).to(self.net.memory.device)
         return self.net.generate(self.f_cr, self.net.memory[idx]).float().cpu()
 
 
@@ -270,6 +316,46 @@ class MFH(Method):
             for e, p in zip(self.ema.parameters(), self.net.parameters()):
                 e.lerp_(p, 1 - decay)
 
+    def _kmeans_pairs(self, slots: torch.Tensor, gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hallucinated pair's slots with kmeans addressing (CPU, [tasks * k] each).
+
+        Task j draws from its allowed set: the usage record ``slot_used`` (slots addressed in earlier
+        steps, identical on every worker) plus the slots its own images address now (``slots[j]``), so
+        the draw depends only on the task and the shared parameters, whichever worker holds it. a is
+        uniform over the set, b uniform over the set without a (b = a when the set has one slot).
+        """
+        record = self.net.slot_used.detach().cpu()
+        pair_a, pair_b = [], []
+        for own, gen in zip(slots, gens):
+            allowed = record.clone()
+            allowed[own] = True
+            allowed = allowed.nonzero().flatten()
+            m, k = len(allowed), len(own)
+            ia = torch.randint(m, (k,), generator=gen)
+            ib = (ia + torch.randint(1, m, (k,), generator=gen)) % m if m > 1 else ia
+            pair_a.append(allowed[ia])
+            pair_b.append(allowed[ib])
+        return torch.cat(pair_a), torch.cat(pair_b)
+
+    @torch.no_grad()
+    def _record_usage(self) -> None:
+        """Kmeans addressing: mark the slots the addresser selected this step, on any worker.
+
+        Read from the memory's gradient after ``sync``: with kmeans addressing only the codebook loss
+        reaches M, and only through the selected rows (the reconstruction and the pair read M through
+        stop-gradients), so a row's all-reduced gradient is non-zero exactly when some worker's image
+        addressed that slot (barring an exact cancellation, of probability zero). The all-reduced
+        gradient is the same on every worker, so the record is too, and N workers record what one
+        worker with all their tasks records. The EMA copy carries the same record.
+        """
+        hit = self.net.memory.grad.ne(0).any(dim=1)
+        self.net.slot_used |= hit
+        self.ema.slot_used.copy_(self.net.slot_used)
+
+    def usable_slots(self) -> torch.Tensor:
+        """Slot indices generation draws from (see ``Hallucinator.usable_slots``)."""
+        return self.ema.usable_slots()
+
     # ----------------------------------------------------------------- Method interface
     def meta_train_step(self, tasks: list[Task], sync: GradSync = no_sync) -> dict[str, float]:
         if not tasks:
@@ -282,15 +368,17 @@ class MFH(Method):
         x = torch.cat(xs)
         B = x.shape[0]
         y = torch.tensor([t.label for t in tasks], device=dev).repeat_interleave(k)
-        noise, pair_a, pair_b = [], [], []
-        for t in tasks:  # per-task draws: the same whichever worker holds the task
-            gen = torch.Generator().manual_seed(int(t.seed))
-            noise.append(gumbel_noise((k, self.slots_n), gen))
-            a = torch.randint(self.slots_n, (k,), generator=gen)
-            b = (a + torch.randint(1, self.slots_n, (k,), generator=gen)) % self.slots_n  # b != a
-            pair_a.append(a)
-            pair_b.append(b)
-        pair_a, pair_b = torch.cat(pair_a).to(dev), torch.cat(pair_b).to(dev)
+        gens = [torch.Generator().manual_seed(int(t.seed)) for t in tasks]  # per-task draws: worker-independent
+        noise: list[torch.Tensor] = []
+        if self.addressing == "gumbel":  # the pair may use any slot: drawn up front (kmeans: after addressing)
+            a_s, b_s = [], []
+            for gen in gens:
+                noise.append(gumbel_noise((k, self.slots_n), gen))
+                a = torch.randint(self.slots_n, (k,), generator=gen)
+                b = (a + torch.randint(1, self.slots_n, (k,), generator=gen)) % self.slots_n  # b != a
+                a_s.append(a)
+                b_s.append(b)
+            pair_a, pair_b = torch.cat(a_s).to(dev), torch.cat(b_s).to(dev)
 
         # L2M: CR class means (eq. 1), CI addressing (eq. 3-4)
         f_cr = net.E_cr(x).view(len(tasks), k, -1).mean(dim=1).repeat_interleave(k, dim=0)
@@ -322,6 +410,8 @@ class MFH(Method):
             extra = extra + codebook + float(cfg["commitment"]) * commit
             stats["vq_codebook"], stats["vq_commit"] = codebook, commit
             pair_memory = net.memory.detach()  # memory moves by the codebook loss only
+            pair_a, pair_b = self._kmeans_pairs(slot.detach().cpu().view(len(tasks), k), gens)
+            pair_a, pair_b = pair_a.to(dev), pair_b.to(dev)
         # FeaHa: reconstruction and the hallucinated pair in one generator pass
         out = net.G(torch.cat([f_cr, f_cr, f_cr]), torch.cat([f_ci, pair_memory[pair_a], pair_memory[pair_b]]))
         x_rec, x_a, x_b = out[:B], out[B:2 * B], out[2 * B:]
@@ -349,6 +439,8 @@ class MFH(Method):
             total = total + float(cfg["diversity_weight"]) * ds
         self._grads(total, g_params)
         sync(g_params)
+        if self.addressing == "kmeans":
+            self._record_usage()
         self.opt_G.step()
         self.opt_G.zero_grad(set_to_none=True)
         self.step += 1
@@ -362,6 +454,8 @@ class MFH(Method):
             })
             out_stats = {k_: float(v) for k_, v in stats.items()}
             out_stats["slots_in_batch"] = float(slot.unique().numel())
+            if net.slot_used is not None:
+                out_stats["slots_recorded"] = float(net.slot_used.sum())
         return out_stats
 
     def _class_feature(self, shots: torch.Tensor, steps: int | None) -> torch.Tensor:
@@ -387,8 +481,8 @@ class MFH(Method):
         if n < 2:
             raise ValueError(f"mfh: an interpolation needs at least 2 images, got {n}")
         f_cr = self._class_feature(shots, None)
-        if slots is None:
-            a, b = slot_permutation(2, self.slots_n, torch.Generator().manual_seed(int(seed))).tolist()
+        if slots is None:  # two distinct usable slots (the same one twice if only one is usable)
+            a, b = self.ema.sample_slots(2, torch.Generator().manual_seed(int(seed))).tolist()
         else:
             a, b = (int(s) for s in slots)
         t = torch.linspace(0, 1, n, device=self.device)[:, None]
@@ -397,21 +491,29 @@ class MFH(Method):
 
     @torch.no_grad()
     def diagnostics(self, shots: dict[int, torch.Tensor], seed: int) -> Diagnostics:
-        """Memory usage of the addresser on the given classes' shots, generated diversity, Fig. 5 and Fig. 10."""
+        """Memory usage of the addresser on the given classes' shots, generated diversity, Fig. 5 and Fig. 10.
+
+        ``mfh_slots_used``: distinct slots the addresser picks for these shots; ``mfh_slots_sampled``:
+        how many slots generation draws from (``memory_size`` with gumbel addressing); with kmeans also
+        ``mfh_slots_trained``: slots in the meta-training usage record. Fig. 5's rows are usable slots.
+        """
         if not shots:
             return Diagnostics()
         classes = list(shots)
         all_shots = torch.cat([self._images(shots[c], "shots") for c in classes])
         counts = torch.bincount(self.ema.slots(all_shots).cpu(), minlength=self.slots_n).double()
         p = counts[counts > 0] / counts.sum()
+        n_usable = len(self.ema.usable_slots())
         metrics = {"mfh_slots_used": float((counts > 0).sum()), "mfh_slot_entropy": float(-(p * p.log()).sum()) + 0.0,
-                   "mfh_memory_size": float(self.slots_n)}
+                   "mfh_memory_size": float(self.slots_n), "mfh_slots_sampled": float(n_usable)}
+        if self.ema.slot_used is not None:  # kmeans: slots addressed during meta-training
+            metrics["mfh_slots_trained"] = float(self.ema.slot_used.sum())
         feats = {c: self._class_feature(shots[c], None) for c in classes}
         l1 = [pairwise_l1(MFHSampler(self.ema, feats[c]).sample(DIAG_SAMPLES, seed)) for c in classes]
         metrics["mfh_pairwise_l1"] = float(sum(l1) / len(l1))
         # Fig. 5: row 0 the shots, then one row per slot: the same CI slot across classes
         cols = classes[:DIAG_CLASSES]
-        chosen = slot_permutation(min(DIAG_SLOTS, self.slots_n), self.slots_n, torch.Generator().manual_seed(int(seed)))
+        chosen = self.ema.sample_slots(min(DIAG_SLOTS, n_usable), torch.Generator().manual_seed(int(seed)))
         rows = [torch.stack([shots[c][0].float().cpu() for c in cols])]
         for s in chosen.tolist():
             f_ci = self.ema.memory[s].expand(len(cols), -1)
@@ -436,8 +538,13 @@ class MFH(Method):
         if theirs != mine:
             diff = {k: (theirs.get(k), mine[k]) for k in mine if theirs.get(k) != mine[k]}
             raise ValueError(f"mfh: checkpoint does not fit this model (checkpoint, model): {diff}")
-        self.net.load_state_dict(state["net"])
-        self.ema.load_state_dict(state["ema"])
+        net_state, ema_state = dict(state["net"]), dict(state["ema"])
+        if self.addressing == "kmeans" and "slot_used" not in net_state:
+            # a kmeans checkpoint from before the usage record: its generator was trained and sampled
+            # on every slot, so that is what it keeps (retrain for the slot-restricted ablation)
+            net_state["slot_used"] = ema_state["slot_used"] = torch.ones(self.slots_n, dtype=torch.bool)
+        self.net.load_state_dict(net_state)
+        self.ema.load_state_dict(ema_state)
         self.D.load_state_dict(state["D"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])

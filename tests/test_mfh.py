@@ -125,6 +125,125 @@ def test_kmeans_model_moves_memory_only_by_the_codebook_rule():
     assert torch.allclose(seen["memory"], hand, atol=1e-6)  # GAN, L1 and the pair add nothing to M
 
 
+def _mark(m: MFH, used: list[int]) -> None:
+    """Set the kmeans usage record (training and EMA copy) to exactly ``used``."""
+    mask = torch.zeros(m.slots_n, dtype=torch.bool)
+    mask[used] = True
+    m.net.slot_used.copy_(mask)
+    m.ema.slot_used.copy_(mask)
+
+
+def test_kmeans_records_the_slots_it_addressed_during_training():
+    m = make(addressing="kmeans")
+    assert m.net.slot_used is not None and not m.net.slot_used.any()  # nothing addressed yet
+    assert torch.equal(m.usable_slots(), torch.arange(6))  # an untrained model: every slot is as good
+    seen: set[int] = set()
+    for s in range(3):
+        ts = tasks(4, seed0=10 * s)
+        with torch.no_grad():
+            seen |= set(m.net.slots(torch.cat([t.images for t in ts])).tolist())
+        stats = m.meta_train_step(ts)
+        assert set(m.net.slot_used.nonzero().flatten().tolist()) == seen  # exactly what was addressed so far
+        assert torch.equal(m.ema.slot_used, m.net.slot_used) and stats["slots_recorded"] == len(seen)
+    assert m.usable_slots().tolist() == sorted(seen)
+    assert "slot_used" not in make().net.state_dict()  # gumbel: no record
+
+
+def test_kmeans_never_samples_an_unaddressed_slot():
+    m = make(addressing="kmeans")
+    used = [1, 4]
+    _mark(m, used)
+    shot = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    sampler = m.adapt(shot, seed=0)
+    chosen: set[int] = set()
+    for seed in range(50):
+        for n in (1, 2, 3, 7, 20):
+            idx = sampler.slot_indices(n, seed)
+            assert len(idx) == n and set(idx.tolist()) <= set(used), (seed, n, idx)
+            if n >= 2:
+                assert len(set(idx[:2].tolist())) == 2  # the first images use distinct (usable) slots
+            chosen |= set(idx.tolist())
+    assert chosen == set(used)
+    x = sampler.sample(7, seed=3)
+    with torch.no_grad():  # the images are G(CR, exactly those slots)
+        idx = sampler.slot_indices(7, 3)
+        assert torch.allclose(x, m.ema.G(m.ema.E_cr(shot).expand(7, -1), m.ema.memory[idx]), atol=1e-6)
+    for seed in range(20):  # interpolation walks between the two usable slots
+        strip = m.interpolate(shot, 3, seed=seed)
+        with torch.no_grad():
+            ends = m.ema.G(m.ema.E_cr(shot).expand(2, -1), m.ema.memory[used])
+        assert torch.allclose(strip[[0, -1]], ends, atol=1e-6) or torch.allclose(strip[[-1, 0]], ends, atol=1e-6)
+    shots = {c: torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(c)) * 2 - 1 for c in (11, 12, 13)}
+    d = m.diagnostics(shots, seed=0)
+    assert d.metrics["mfh_slots_sampled"] == 2 and d.metrics["mfh_slots_trained"] == 2
+    grid, nrow = d.figures["mfh_same_slot"]
+    assert nrow == 3 and grid.shape[0] == 3 * (1 + 2)  # the shots, then one row per usable slot
+    _mark(m, [3])  # one usable slot: every image reads it
+    assert set(m.adapt(shot, seed=0).slot_indices(9, 1).tolist()) == {3}
+
+
+def test_kmeans_training_pair_reads_only_recorded_or_own_slots():
+    m = make(addressing="kmeans", shots=2)
+    _mark(m, [0, 5])
+    ts = tasks(4, n=2, seed0=7)
+    with torch.no_grad():
+        own = m.net.slots(torch.cat([t.images for t in ts])).view(4, 2)
+        mem = m.net.memory.detach().clone()
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(mod, inp, out) -> None:  # G's f_ci input of the step's single generator pass
+        captured.setdefault("f_ci", inp[1].detach().clone())
+
+    hook = m.net.G.register_forward_hook(grab)
+    m.meta_train_step(ts)
+    hook.remove()
+    B = 8
+    pair = captured["f_ci"][B:]  # rows B.. are the pair (x_a then x_b), read from the memory
+    hits = (pair[:, None, :] == mem[None]).all(dim=2)
+    assert torch.equal(hits.sum(1), torch.ones(2 * B, dtype=torch.long))  # each row is exactly one memory slot
+    slot = hits.float().argmax(1).view(2, 4, 2)  # [a|b, task, image]
+    for j in range(4):
+        allowed = {0, 5} | set(own[j].tolist())
+        assert set(slot[:, j].flatten().tolist()) <= allowed, (j, slot[:, j], allowed)
+    assert set(m.net.slot_used.nonzero().flatten().tolist()) == {0, 5} | set(own.flatten().tolist())
+
+
+def test_gumbel_sampling_is_unchanged_by_the_usage_record():
+    """Checksums computed with the code before the kmeans usage record existed (same seeds)."""
+    m = make()
+    for s in range(2):
+        m.meta_train_step(tasks(4, seed0=10 * s))
+    assert float(sum(p.detach().double().sum() for p in m.parameters())) == pytest.approx(22.900407660425117, rel=1e-6)
+    shot = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    sampler = m.adapt(shot, seed=3)
+    assert sampler.slot_indices(20, 7).tolist() == [3, 0, 1, 5, 2, 4, 3, 0, 5, 4, 2, 1, 4, 2, 1, 3, 0, 5, 4, 2]
+    x = sampler.sample(20, seed=7)
+    assert float(x.double().sum()) == pytest.approx(-515.5481148663675, rel=1e-6)
+    assert float(x.double().abs().sum()) == pytest.approx(1223.447872537421, rel=1e-6)
+    assert m.ema.slot_used is None and torch.equal(m.usable_slots(), torch.arange(6))
+
+
+def test_kmeans_usage_record_survives_state_dict_and_old_checkpoints_keep_every_slot():
+    a = make(addressing="kmeans")
+    a.meta_train_step(tasks(4, seed0=1))
+    _mark(a, [2, 3])
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=False)
+    b = make(addressing="kmeans", init_seed=9)
+    b.load_state_dict(state)
+    assert b.net.slot_used.nonzero().flatten().tolist() == [2, 3] == b.ema.slot_used.nonzero().flatten().tolist()
+    assert b.usable_slots().tolist() == [2, 3]
+    shot = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    assert torch.equal(a.adapt(shot, 0).sample(5, seed=4), b.adapt(shot, 0).sample(5, seed=4))
+    for part in ("net", "ema"):  # a checkpoint written before the record: loads, samples every slot as it did
+        del state[part]["slot_used"]
+    c = make(addressing="kmeans")
+    c.load_state_dict(state)
+    assert c.net.slot_used.all() and c.ema.slot_used.all() and c.usable_slots().tolist() == list(range(6))
+
+
 # ------------------------------------------------------------------ losses (eq. 9, 10)
 def test_diversity_loss_is_a_per_pair_hinge_on_mean_l1():
     xa = torch.tensor([[[[0.0, 0.5], [1.0, -1.0]]], [[[0.2, 0.2], [0.2, 0.2]]]], requires_grad=True)
@@ -251,11 +370,17 @@ def test_two_workers_equal_one_worker_with_both_halves(over):
     w0, w1 = make(lr=1e-3, **over), make(lr=1e-3, **over)
     _workers([w0, w1], [[ts[:2] for ts in steps], [ts[2:] for ts in steps]], steps=2)
     assert max_diff(params_of(w0), params_of(w1)) == 0  # workers stay in sync (EMA included)
-    assert max_diff(params_of(w0), params_of(one)) < 2e-6
+    # equal up to rounding; Adam turns a rounding difference on a gradient element near its eps (1e-8)
+    # into up to ~lr * 1% of a step, hence 1e-5 at lr 1e-3 (an unsynced worker differs by ~5e-3)
+    assert max_diff(params_of(w0), params_of(one)) < 1e-5
+    if over.get("addressing") == "kmeans":  # the usage record is the same on every worker and as one worker's
+        assert one.net.slot_used.any()
+        for w in (w0, w1):
+            assert torch.equal(w.net.slot_used, one.net.slot_used) and torch.equal(w.ema.slot_used, one.net.slot_used)
     alone = make(lr=1e-3, **over)
     for ts in steps:
         alone.meta_train_step(ts[:2])
-    assert max_diff(params_of(alone), params_of(one)) > 1e-5  # without the all-reduce it differs
+    assert max_diff(params_of(alone), params_of(one)) > 1e-4  # without the all-reduce it differs
 
 
 def test_diversity_switch_removes_exactly_the_margin_term():
