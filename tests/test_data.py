@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.data import DATASET_NAMES, Split, TaskSampler, check_class_sizes, load_dataset, make_split
+from orchestrator.data import (
+    DATASET_NAMES, Split, TaskSampler, check_class_sizes, load_dataset, make_split, min_eval_images,
+)
 from orchestrator.errors import UserError
 
 # MNIST train + test images per digit (the upstream label files)
@@ -318,3 +320,23 @@ def test_class_size_errors(omniglot, digits):
         check_class_sizes(digits, [smallest], int(np.bincount(digits.labels).max()), "a task")
     with pytest.raises(UserError, match="no classes"):
         TaskSampler(digits, [], seed=0)
+
+
+def test_eval_class_sizes_leave_two_real_images_after_the_shots(tmp_path):
+    """A folder class with 5 images and 4 shots is refused up front (FID needs 2 real images left)."""
+    assert min_eval_images(1) == 3 and min_eval_images(4) == 6
+    with pytest.raises(UserError, match="shots must be at least 1"):
+        min_eval_images(0)
+    root = tmp_path / "f"
+    for name, n in (("big", 6), ("small", 5), ("tiny", 3)):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (8, 8), 10 * i).save(root / name / f"{i}.png")
+    ds = load_dataset("folder", root, image_size=8)
+    what = "evaluation (shots + two real images)"
+    check_class_sizes(ds, [0], min_eval_images(4), what)  # 6 images: 4 shots + 2 real
+    with pytest.raises(UserError, match=r"class 'small' of folder has 5 images but evaluation .* needs 6 "
+                                        r"\(and 1 more class\): .*fewer shots.*add images") as e:
+        check_class_sizes(ds, [0, 1, 2], min_eval_images(4), what)
+    assert "\n" not in str(e.value)
+    check_class_sizes(ds, [0, 1], min_eval_images(3), what)

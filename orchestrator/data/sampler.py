@@ -18,13 +18,39 @@ from orchestrator.errors import UserError
 _SEED_LIMIT = 2**31
 
 
+# FID (and KID) estimate a covariance per class from the real images left after the shots: with
+# fewer than two it is undefined, and pytorch-fid fails deep inside a Ray worker after the run exists.
+MIN_REAL_FOR_METRICS = 2
+
+
+def min_eval_images(shots: int) -> int:
+    """Images a val/novel class needs for evaluation (ours): ``shots`` + 2 real images left for FID.
+
+    Whether there are more samples than feature dimensions (a non-singular covariance) is the
+    metric module's concern; this only guarantees FID can be computed at all.
+
+    Raises:
+        UserError: ``shots`` below 1.
+    """
+    shots = int(shots)
+    if shots < 1:
+        raise UserError(f"shots must be at least 1, got {shots}: pass a positive number of shots")
+    return shots + MIN_REAL_FOR_METRICS
+
+
 def check_class_sizes(ds: ClassDataset, classes: Sequence[int], need: int, what: str) -> None:
-    """Fail early, naming the first class with fewer than ``need`` images, rather than mid-run."""
-    for c in classes:
-        have = len(ds.class_indices(int(c)))
-        if have < need:
-            raise UserError(f"class {ds.class_names[int(c)]!r} of {ds.name} has {have} images but {what} needs {need}: "
-                            f"ask for fewer shots/queries, or drop that class from the dataset")
+    """Fail early, naming the first class with fewer than ``need`` images (and how many more are short).
+
+    Raises:
+        UserError: one line naming the class, its image count, ``need`` and the fix.
+    """
+    short = [int(c) for c in classes if len(ds.class_indices(int(c))) < need]
+    if short:
+        c = short[0]
+        have = len(ds.class_indices(c))
+        more = f" (and {len(short) - 1} more class{'es' if len(short) > 2 else ''})" if len(short) > 1 else ""
+        raise UserError(f"class {ds.class_names[c]!r} of {ds.name} has {have} images but {what} needs {need}{more}: "
+                        f"ask for fewer shots/queries, add images to that class, or drop it from the dataset")
 
 
 def _rng(seed: int, step: int, index: int) -> np.random.Generator:
