@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from orchestrator.data import (
-    DATASET_NAMES, Split, TaskSampler, check_class_sizes, load_dataset, make_split, min_eval_images,
+    DATASET_NAMES, ClassDataset, Split, TaskSampler, check_class_sizes, load_dataset, make_split, min_eval_images,
 )
 from orchestrator.errors import UserError
 
@@ -226,7 +226,7 @@ def test_split_reproducible_and_seeded(mnist, digits, omniglot, tmp_path):
         assert make_split(ds, seed=7) == make_split(ds, seed=7)
         assert len({(tuple(s.val), tuple(s.novel)) for s in (make_split(ds, seed=k) for k in range(6))}) > 1
     m = make_split(mnist, seed=1)
-    assert len(m.novel) == 1 and len(m.val) == 1 and len(m.base) == 8
+    assert len(m.novel) == 3 and len(m.val) == 1 and len(m.base) == 6
     d = make_split(digits, seed=1)
     assert len(d.novel) == 2 and len(d.val) == 1
     path = tmp_path / "split.json"
@@ -235,6 +235,22 @@ def test_split_reproducible_and_seeded(mnist, digits, omniglot, tmp_path):
     assert loaded == d and loaded.class_names == digits.class_names and loaded.dataset == "digits"
     assert Split.from_dict(d.to_dict()) == d
     assert d.names("novel") == [digits.class_names[c] for c in d.novel]
+
+
+def test_default_mnist_split_holds_out_at_least_3_digits(mnist):
+    """Issue 12: with one novel digit class_hit is chance by construction; the default holds out >= 3."""
+    for seed in range(5):
+        s = make_split(mnist, seed=seed)
+        _check_partition(s, 10)
+        assert len(s.novel) >= 3 and len(s.val) >= 1 and len(s.base) == 10 - len(s.novel) - len(s.val)
+    # Fashion-MNIST (not in the shared data): the same default, on a stand-in of its 10 classes
+    fashion = ClassDataset(name="fashion-mnist", images=torch.zeros((10, 1, 8, 8), dtype=torch.uint8),
+                           labels=np.arange(10), class_names=[str(i) for i in range(10)],
+                           class_groups=[str(i) for i in range(10)])
+    f = make_split(fashion, seed=0)
+    assert (len(f.novel), len(f.val), len(f.base)) == (3, 1, 6)
+    one = make_split(mnist, seed=1, n_novel=1)  # an explicit count still wins
+    assert len(one.novel) == 1 and len(one.val) == 1
 
 
 def test_split_folder_fractions_and_errors(digits, tmp_path):
