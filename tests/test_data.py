@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from orchestrator.data import (
-    DATASET_NAMES, ClassDataset, Split, TaskSampler, check_class_sizes, load_dataset, make_split, min_eval_images,
+    DATASET_NAMES, ClassDataset, Split, absolute_root, TaskSampler, check_class_sizes, load_dataset, make_split, min_eval_images,
 )
 from orchestrator.errors import UserError
 
@@ -195,6 +195,24 @@ def test_digits_root_blank_or_existing_is_fine(tmp_path):
         load_dataset("digits", tmp_path / "typo", image_size=8)
     for root in (None, "", "  ", tmp_path):
         assert load_dataset("digits", root, image_size=8).num_classes == 10
+
+
+def test_absolute_root(tmp_path, monkeypatch):
+    """Relative data roots become absolute (so a run's record works from any directory); "" stays ""."""
+    (tmp_path / "work" / "data" / "cls").mkdir(parents=True)
+    Image.new("L", (8, 8), 200).save(tmp_path / "work" / "data" / "cls" / "a.png")
+    monkeypatch.chdir(tmp_path / "work")
+    assert absolute_root("data") == str(tmp_path / "work" / "data")
+    assert absolute_root("./data/../data/") == str(tmp_path / "work" / "data")
+    assert absolute_root(str(tmp_path / "x")) == str(tmp_path / "x")
+    assert absolute_root(Path("data")) == str(tmp_path / "work" / "data")
+    assert absolute_root("~/d") == str(Path.home() / "d")
+    assert absolute_root("") == "" and absolute_root(None) == "" and absolute_root("  ") == ""
+    recorded = absolute_root("data")
+    monkeypatch.chdir(tmp_path)  # evaluate from another directory
+    assert load_dataset("folder", recorded, image_size=8).class_names == ["cls"]
+    with pytest.raises(UserError, match="does not exist"):
+        load_dataset("folder", "data", image_size=8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,6 +139,19 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
     return _load_folder(root_path, image_size, channels, background)
 
 
+def absolute_root(root: str | Path | None) -> str:
+    """``root`` as an absolute path string, to record with a run (ours); "" (or None, blank) stays "".
+
+    ``~`` is expanded and the path made absolute against the current directory with
+    ``os.path.abspath`` (normalised, symlinks kept as named); existence is not checked here
+    (``load_dataset`` refuses a missing root). A run that records this can be evaluated from any
+    directory.
+    """
+    if root is None or not str(root).strip():
+        return ""
+    return os.path.abspath(os.path.expanduser(str(root)))
+
+
 def check_root(key: str, root: str | Path | None) -> Path | None:
     """The data root as a ``Path`` (None when not given: None or blank), refused unless it is a readable folder.
 
