@@ -1,0 +1,107 @@
+"""The two-level bootstrap of orchestrator.evaluation.stats on synthetic grids with a known answer.
+
+Each coverage check draws 200 synthetic [seeds, classes] grids around a known mean and counts how
+often the 95% interval holds it; the RNG seeds are fixed, so the counts are deterministic.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+from orchestrator.evaluation.stats import CI, PairedCI, bootstrap_ci, paired_difference_ci
+
+TRUTH = 1.0
+
+
+def _coverage(n_seeds: int, n_classes: int, sd_seed: float, sd_class: float, sd_cell: float, *,
+              shared_classes: bool = True, reps: int = 200, **kw) -> float:
+    """Share of ``reps`` synthetic grids whose interval covers TRUTH.
+
+    Grid: y[s, c] = TRUTH + a_s + b_c + e_sc, a ~ N(0, sd_seed), b ~ N(0, sd_class), e ~ N(0, sd_cell);
+    b_c shared by all seeds (crossed, as the protocol's novel classes are) or drawn per seed (nested).
+    """
+    rng = np.random.default_rng(7)
+    hits = 0
+    for r in range(reps):
+        a = rng.normal(0, sd_seed, (n_seeds, 1))
+        b = rng.normal(0, sd_class, (1, n_classes) if shared_classes else (n_seeds, n_classes))
+        v = TRUTH + a + b + rng.normal(0, sd_cell, (n_seeds, n_classes))
+        _, low, high = bootstrap_ci(v, seed=r, **kw)
+        hits += low <= TRUTH <= high
+    return hits / reps
+
+
+def test_interval_covers_a_known_mean_at_about_its_nominal_rate():
+    # 3 seeds x 20 classes, seed, class and cell effects of one size (crossed: classes shared by seeds)
+    assert 0.88 <= _coverage(3, 20, 1.0, 1.0, 1.0) <= 0.99
+    # 5 seeds, classes drawn afresh for every seed (nested)
+    assert 0.88 <= _coverage(5, 20, 1.0, 1.0, 1.0, shared_classes=False) <= 0.99
+    # 10 seeds x 10 classes, class effects dominating
+    assert 0.88 <= _coverage(10, 10, 0.1, 1.0, 0.3) <= 0.99
+
+
+def test_expansion_is_what_makes_three_seeds_cover():
+    """With 3 seeds and seed effects dominating, plain percentiles cannot reach beyond 3 seed means."""
+    plain = _coverage(3, 20, 1.0, 0.0, 0.1, expand=False)
+    expanded = _coverage(3, 20, 1.0, 0.0, 0.1)
+    assert plain < 0.85 and expanded >= 0.9, (plain, expanded)
+
+
+def test_shared_classes_need_the_crossed_design():
+    """Independent class draws per seed treat a shared class effect as if it averaged out over seeds."""
+    nested = _coverage(10, 10, 0.1, 1.0, 0.3, design="nested")
+    crossed = _coverage(10, 10, 0.1, 1.0, 0.3, design="crossed")
+    assert nested < 0.85 and crossed >= 0.9, (nested, crossed)
+
+
+def test_point_estimate_is_the_mean_of_seed_means_and_nan_cells_are_dropped_and_counted():
+    v = np.array([[1.0, 2.0, 3.0, np.nan],
+                  [5.0, np.nan, np.nan, np.nan],
+                  [np.nan, np.nan, np.nan, np.nan]])
+    ci = bootstrap_ci(v)
+    assert isinstance(ci, CI) and len(ci) == 3
+    mean, low, high = ci
+    assert mean == pytest.approx((2.0 + 5.0) / 2)  # seeds weigh equally, whatever classes they kept
+    assert low < mean < high
+    assert (ci.dropped_cells, ci.dropped_seeds, ci.dropped_classes) == (8, 1, 1)
+    assert (ci.n_seeds, ci.n_classes, ci.n_cells) == (2, 3, 4)
+    assert bootstrap_ci(v) == ci  # deterministic given its seed
+    assert pickle.loads(pickle.dumps(ci)).dropped_cells == 8
+
+
+def test_degenerate_grids():
+    assert all(math.isnan(x) for x in bootstrap_ci(np.full((3, 4), np.nan)))
+    assert tuple(bootstrap_ci(np.array([[np.nan, 2.5]]))) == (2.5, 2.5, 2.5)  # one cell: no spread
+    assert tuple(bootstrap_ci(np.full((3, 5), 0.25))) == pytest.approx((0.25, 0.25, 0.25))
+    one_seed = bootstrap_ci(np.random.default_rng(0).normal(size=20))  # 1-d: one seed, classes only
+    assert one_seed.n_seeds == 1 and one_seed.low < one_seed.mean < one_seed.high
+    with pytest.raises(ValueError):
+        bootstrap_ci(np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError):
+        bootstrap_ci(np.zeros((2, 2)), level=1.0)
+    with pytest.raises(ValueError):
+        paired_difference_ci(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_paired_difference_identical_rows_not_separated_shifted_rows_separated():
+    rng = np.random.default_rng(3)
+    # 3 seeds x 20 classes with strong class and seed effects shared by both rows (the pairing removes them)
+    base = 0.3 + rng.normal(0, 0.2, (3, 1)) + rng.normal(0, 0.2, (1, 20))
+    a = base + rng.normal(0, 0.02, (3, 20))
+    same = paired_difference_ci(a, a.copy())
+    assert isinstance(same, PairedCI) and tuple(same) == (0.0, 0.0, 0.0, False)
+
+    shifted = paired_difference_ci(a + 0.1 + rng.normal(0, 0.02, (3, 20)), a)
+    mean, low, high, separated = shifted
+    assert separated and 0 < low < 0.1 < high and mean == pytest.approx(0.1, abs=0.02)
+    assert paired_difference_ci(a, a + 0.1).separated  # negative side too
+
+    # a tiny shift under cell noise is not separated, and neither are rows that differ only by noise
+    noisy = paired_difference_ci(a + rng.normal(0, 0.2, (3, 20)), a + rng.normal(0, 0.2, (3, 20)))
+    assert not noisy.separated and noisy.low < 0 < noisy.high
+    # a NaN in either row drops that cell
+    b = a.copy(); b[1, 4] = np.nan
+    assert paired_difference_ci(a + 0.1, b).dropped_cells == 1
