@@ -34,6 +34,7 @@ from orchestrator.errors import UserError
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 DOMAIN_ARCH_VERSION = "domain-cnn-v1"  # bump when DomainNet or its training recipe changes
 DOMAIN_DIM = 64
+BASE_STATS_MAX_IMAGES = 5000  # base-class images behind the standardisation statistics (seeded, equal per class)
 _HELD_OUT_PER_CLASS = 2  # base-class images kept aside to report the classifier's accuracy
 
 
@@ -50,12 +51,15 @@ class Features:
     ``head`` (optional) maps features to class logits (the domain classifier's own last layers, or
     Inception's 1008-way fc on pool3): Inception Score and Mode Score need class probabilities,
     and computing them from the features costs no second pass over the images.
+    ``base_classes``: the split's base classes, whose real images' per-dimension mean and standard
+    deviation (:meth:`base_statistics`) standardise the features before FID, KID, PRDC and the
+    memorisation figure (set by :func:`get_features` / :func:`domain_features`; None = unknown).
     """
 
     def __init__(self, kind: str, dim: int, net: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor],
                  device: torch.device | str = "cpu", *, batch_size: int = 256, description: str = "",
                  base_accuracy: float | None = None, classes: list[int] | None = None, source: Path | None = None,
-                 head: nn.Module | None = None):
+                 head: nn.Module | None = None, base_classes: list[int] | None = None):
         if kind not in ("inception", "domain"):
             raise ValueError(f"unknown feature kind {kind!r}")
         self.kind = kind
@@ -69,6 +73,41 @@ class Features:
         self.classes = list(classes) if classes is not None else None
         self.source = source
         self.head = head.eval() if head is not None else None
+        self.base_classes = [int(c) for c in base_classes] if base_classes is not None else None
+        self._base_stats: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def base_statistics(self, ds: Any, classes: list[int] | None = None, *, max_images: int = BASE_STATS_MAX_IMAGES,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and standard deviation of these features on real images of ``classes``.
+
+        ``classes`` defaults to ``base_classes`` (ValueError if both are None). At most ``max_images``
+        images: an equal, seeded share of each class (``np.random.default_rng([seed, class])``), every
+        image when they fit. Returns ``(mean, std)``, float64 [dim] each, in feature units; ``std`` is
+        floored at 1e-3 x its median over dimensions (a dimension constant on the base classes would
+        otherwise divide by 0 and blow up whatever varies there). Computed once per (dataset name,
+        classes, max_images, seed) and kept on this object (it travels with it to Ray workers).
+        Source: ours (issue 12: "features standardised with base-class statistics before FID and KID").
+        """
+        classes = self.base_classes if classes is None else [int(c) for c in classes]
+        if not classes:
+            raise ValueError("base_statistics needs the base classes (none given and none recorded)")
+        key = (str(getattr(ds, "name", "")), tuple(classes), int(max_images), int(seed))
+        if key not in self._base_stats:
+            per_class = max(2, -(-int(max_images) // len(classes)))
+            idx = []
+            for c in classes:
+                ci = np.asarray(ds.class_indices(c))
+                if len(ci) > per_class:
+                    ci = np.sort(np.random.default_rng([seed, c]).choice(ci, per_class, replace=False))
+                idx.append(ci)
+            idx = np.concatenate(idx)
+            feats = np.concatenate([self(ds.get(idx[i:i + 512]).float()) for i in range(0, len(idx), 512)])
+            mean, std = feats.mean(0), feats.std(0)
+            med = float(np.median(std))
+            std = np.maximum(std, 1e-3 * med) if med > 0 else np.where(std > 0, std, 1.0)
+            self._base_stats[key] = (mean, std)
+            _log(f"base-class feature statistics from {len(idx)} images of {len(classes)} classes")
+        return self._base_stats[key]
 
     @torch.no_grad()
     def class_probs(self, feats: np.ndarray) -> np.ndarray | None:
@@ -392,28 +431,47 @@ def domain_features(ds: Any, split: Any, cache_dir: Path | str, device: torch.de
             fcntl.flock(lock, fcntl.LOCK_EX)
         except (ImportError, OSError):
             pass
-        blob = None
+        blob, dirty = None, False
         if path.is_file():
-            blob = torch.load(path, map_location="cpu", weights_only=False)
-            if blob.get("key") != json.loads(json.dumps(key, default=str)):
+            try:  # tensors, numbers, strings, lists and dicts only: nothing in the file is executed
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - an unreadable or unsafe cache file is retrained, not trusted
+                _log(f"ignoring cache file {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+                blob = None
+            if blob is not None and blob.get("key") != json.loads(json.dumps(key, default=str)):
                 blob = None  # hash collision or stale format: retrain
         if blob is None:
             net, acc = train_domain_classifier(ds, base, epochs=epochs, seed=seed, device=device)
             blob = {"key": json.loads(json.dumps(key, default=str)), "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
                     "base_accuracy": acc, "classes": base, "num_classes": len(base), "in_channels": ds.image_shape[0]}
+            dirty = True
+        else:
+            _log(f"loaded cached domain classifier {path}")
+        feats = _domain_features_from_blob(blob, ds, base, device, path)
+        if "base_mean" not in blob:  # new, or written by a version without standardisation statistics
+            mean, std = feats.base_statistics(ds, base)
+            blob["base_mean"], blob["base_std"] = torch.from_numpy(mean), torch.from_numpy(std)
+            dirty = True
+        if dirty:
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
             torch.save(blob, tmp)
             os.replace(tmp, path)
             _log(f"cached domain classifier at {path}")
-        else:
-            _log(f"loaded cached domain classifier {path}")
+    feats._base_stats[(str(ds.name), tuple(base), BASE_STATS_MAX_IMAGES, 0)] = (
+        torch.as_tensor(blob["base_mean"]).double().numpy(), torch.as_tensor(blob["base_std"]).double().numpy())
+    return feats
+
+
+def _domain_features_from_blob(blob: dict, ds: Any, base: list[int], device: torch.device | str,
+                               path: Path) -> Features:
     net = DomainNet(blob["in_channels"], blob["num_classes"])
     net.load_state_dict(blob["state_dict"])
     acc = blob["base_accuracy"]
     desc = (f"domain features (64-d penultimate layer of a CNN trained on the {len(base)} base classes of "
             f"{ds.name}; held-out base accuracy {acc:.3f}) - a fallback, not the Inception FID")
     return Features("domain", DOMAIN_DIM, _Embed(net), _identity, device, description=desc,
-                    base_accuracy=acc, classes=blob["classes"], source=path, head=_DomainHead(net))
+                    base_accuracy=acc, classes=blob["classes"], source=path, head=_DomainHead(net),
+                    base_classes=base)
 
 
 def get_features(ds: Any, split: Any, cache_dir: Path | str, device: torch.device | str = "cpu",
@@ -425,6 +483,7 @@ def get_features(ds: Any, split: Any, cache_dir: Path | str, device: torch.devic
     weights = find_inception_weights(inception_weights)
     if weights is not None:
         feats = inception_features(weights, device)
+        feats.base_classes = [int(c) for c in split.base]  # standardisation statistics come from these
     else:
         _log(f"no {FID_WEIGHTS_FILENAME} given or in {Path(torch.hub.get_dir()) / 'checkpoints'}; "
              "falling back to domain features (metrics are named *_domain)")
