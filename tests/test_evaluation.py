@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from orchestrator.data import load_dataset, make_split
-from orchestrator.evaluation import (FID_WEIGHTS_FILENAME, class_hit, diversity, domain_features, evaluate_generator,
-                                     fid, get_features, kid, mse_ssim, save_grid, split_shots)
+from orchestrator.evaluation import (FID_WEIGHTS_FILENAME, EvalResult, MetricNotComputed, class_hit, diversity,
+                                     domain_features, evaluate_generator, fid, get_features, kid, mse_ssim, save_grid,
+                                     split_shots, standardise)
 from orchestrator.evaluation import features as feat_mod
 
 
@@ -213,9 +214,12 @@ def test_protocol_real_generator_hits_and_controls(digits, dom, tmp_path):
     assert [s for _, _, s in real.seen] == [7, 0] * len(classes)
     assert torch.equal(real.seen[0][0], ds.get(shot_idx[classes[0]]))
 
-    # the shots control is the shots repeated to n_generate, scored against the same reals
-    reals = np.concatenate([dom(ds.get(split_shots(ds, c, 4, seed=3)[1])) for c in classes])
-    reps = np.concatenate([dom(ds.get(shot_idx[c]).repeat(12, 1, 1, 1)) for c in classes])
+    # the shots control is the shots repeated to n_generate, scored against the same reals, both standardised
+    # with the base classes' feature statistics
+    mu, sd = dom.base_statistics(ds)
+    reals = standardise(np.concatenate([dom(ds.get(split_shots(ds, c, 4, seed=3)[1])) for c in classes]), mu, sd)
+    reps = standardise(np.concatenate([dom(ds.get(shot_idx[c]).repeat(12, 1, 1, 1)) for c in classes]), mu, sd)
+    assert m["features_standardised"] == 1
     assert m["fid_domain_shots"] == pytest.approx(fid(reps, reals), rel=1e-6)
     assert m["kid_domain_shots"] == pytest.approx(kid(reps, reals), rel=1e-6, abs=1e-9)
     assert m["fid_domain_real"] < m["fid_domain_scratch"]
@@ -226,10 +230,12 @@ def test_protocol_real_generator_hits_and_controls(digits, dom, tmp_path):
     png = save_grid(res.grid, tmp_path / "g" / "grid.png", nrow=res.grid_nrow)
     assert png.stat().st_size > 500
 
-    # same seed -> same numbers
+    # same seed -> same numbers (NaN, the not-computed ones, compared as equal)
     again = evaluate_generator(RealImages(ds), lambda: noise, ds, classes, dom, shots=4, n_generate=48, seed=3,
                                adapt_steps=7, progress=False)
-    assert again.metrics == m
+    assert again.metrics.keys() == m.keys()
+    np.testing.assert_equal(again.metrics, m)
+    np.testing.assert_equal(again.per_class, res.per_class)
 
 
 def test_protocol_wrong_class_generator_at_chance_and_cheap_path(digits, dom):
@@ -297,3 +303,166 @@ def test_protocol_inception_and_mode_score_from_the_base_classifier(digits, dom)
     bad = evaluate_generator(OneClass(ds), None, ds, classes, dom, shots=4, n_generate=64, seed=0, controls=False,
                              progress=False).metrics
     assert bad["mode_score_domain"] < bad["inception_score_domain"] and bad["mode_score_domain"] < good["mode_score_domain"]
+
+
+# ------------------------------------------------------------ copying, floors, degenerate -----
+
+class HeldOutReals:
+    """Test double that 'generates' the class's held-out real images (never its shots): a perfect generator."""
+
+    def __init__(self, ds, seed):
+        self.ds, self.seed = ds, seed
+
+    def adapt(self, shots, seed, steps=None):
+        hit = (self.ds.images == ((shots[:1] + 1) * 127.5).round().to(torch.uint8)).flatten(1).all(1)
+        c = int(self.ds.labels[int(hit.nonzero()[0])])
+        return _Sampler(self.ds.get(split_shots(self.ds, c, len(shots), self.seed)[1]).float())
+
+
+@pytest.fixture(scope="module")
+def held_out_eval(digits, dom):
+    ds, split = digits
+    classes = split.val + split.novel
+    return classes, evaluate_generator(HeldOutReals(ds, 0), None, ds, classes, dom, shots=4, n_generate=128, seed=0,
+                                       progress=False)
+
+
+def test_shots_control_scores_as_a_copy_real_images_do_not(held_out_eval):
+    classes, res = held_out_eval
+    m = res.metrics
+    # the shots repeated: every sample is closer to a shot than (almost) any real image -> share 1;
+    # repeating 4 images covers almost none of the reals and recalls none of them
+    assert m["memorized_share_shots"] == 1.0 and res.per_class["memorized_share_shots"] == [1.0] * len(classes)
+    assert m["recall_domain_shots"] < 0.05 and m["coverage_domain_shots"] < 0.3
+    assert m["shot_distance_ratio_shots"] == 0.0
+    # real images: at the rule's nominal rate (k/(n+1), about 5%), high recall and coverage
+    assert m["memorized_share_real"] == pytest.approx(m["memorized_nominal"], abs=0.01) and m["memorized_nominal"] < 0.06
+    assert m["recall_domain_real"] > 0.85 and m["coverage_domain_real"] > 0.85
+    # a generator of held-out real images is not a copier either, and it recalls and covers the class
+    assert m["memorized_share"] < 3 * m["memorized_nominal"]
+    assert m["recall_domain"] > 0.85 and m["coverage_domain"] > 0.85 and m["precision_domain"] > 0.85
+    assert 0.8 < m["shot_distance_ratio"] < 1.25
+    # on base-standardised features FID no longer lets copying pass for the floor
+    assert m["fid_domain_shots"] > 5 * m["fid_domain_real"]
+    assert m["diverged"] == 0 and not res.not_computed
+
+
+def test_per_class_values_are_listed_in_class_order_and_average_to_the_headline(held_out_eval):
+    classes, res = held_out_eval
+    m = res.metrics
+    assert res.classes == classes
+    expected = {"class_hit", "fid_domain_per_class", "memorized_share", "shot_distance_ratio", "precision_domain",
+                "recall_domain", "density_domain", "coverage_domain", "diversity", "mse", "ssim", "mse_shots",
+                "ssim_shots", "memorized_share_real", "fid_domain_per_class_real", "recall_domain_real"}
+    assert expected <= set(res.per_class)
+    assert not {"fid_domain", "kid_domain", "class_hit_real", "fid_domain_real"} & set(res.per_class)  # pooled
+    for name, values in res.per_class.items():
+        assert len(values) == len(classes), name
+        assert m[name] == pytest.approx(np.mean(values), rel=1e-12), name
+    # per-class FID is computed here (128 samples and ~176 reals per class > 64 dims) and is its own number
+    assert np.isfinite(res.per_class["fid_domain_per_class"]).all()
+    assert m["fid_domain_per_class"] != pytest.approx(m["fid_domain"])
+    assert EvalResult(metrics={}, grid=torch.zeros(1, 1, 2, 2), grid_nrow=1).per_class == {}
+
+
+def test_real_floor_is_computed_at_the_methods_sample_sizes(digits, dom, held_out_eval):
+    """The same-distribution FID falls with the sample size, so the floor must be taken at the method's sizes."""
+    ds, split = digits
+    classes, res128 = held_out_eval
+    res32 = evaluate_generator(HeldOutReals(ds, 0), None, ds, classes, dom, shots=4, n_generate=32, seed=0,
+                               progress=False).metrics
+    m = res128.metrics
+    assert res32["fid_domain_real"] > 1.5 * m["fid_domain_real"]
+    # KID's unbiased estimator sits at 0 on the floor, within its spread; the spread shrinks with n too
+    assert abs(m["kid_domain_real"]) < 3 * m["kid_domain_std_real"]
+    assert res32["kid_domain_std_real"] > m["kid_domain_std_real"]
+    assert m["kid_subset_size"] == min(1000, 128 * 3 // 2, int(m["n_reals"]) // 2)
+
+
+def test_base_statistics_are_the_base_classes_real_feature_moments(digits, dom):
+    ds, split = digits
+    mu, sd = dom.base_statistics(ds)
+    base_idx = np.concatenate([ds.class_indices(c) for c in split.base])  # < 5000: every base image
+    feats = dom(ds.get(base_idx).float())
+    np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sd, feats.std(0), rtol=1e-5, atol=1e-6)
+    assert dom.base_classes == split.base
+
+
+def test_feature_scale_does_not_change_standardised_fid_and_kid(digits, dom):
+    """A feature space rescaled by 1000 and shifted (same information) gives the same FID/KID once standardised."""
+    from orchestrator.evaluation.features import Features
+
+    ds, split = digits
+
+    class Affine(torch.nn.Module):
+        def forward(self, x):
+            return x * 1000.0 + 7.0
+
+    scaled = Features("domain", 64, torch.nn.Sequential(dom.net, Affine()), dom.preprocess,
+                      base_classes=split.base)  # a fresh object: statistics computed, not read from the cache
+    classes = split.val + split.novel
+    a = evaluate_generator(RealImages(ds), None, ds, classes, dom, shots=4, n_generate=48, seed=1, controls=False,
+                           progress=False).metrics
+    b = evaluate_generator(RealImages(ds), None, ds, classes, scaled, shots=4, n_generate=48, seed=1, controls=False,
+                           progress=False).metrics
+    for name in ("fid_domain", "kid_domain"):
+        assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-6), name
+    for name in ("memorized_share", "recall_domain", "coverage_domain"):  # counts: float32 rounding may flip one
+        assert b[name] == pytest.approx(a[name], abs=0.01), name
+
+
+class Diverged:
+    """A model whose samples are NaN (every third image), as a diverged GAN's are."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def adapt(self, shots, seed, steps=None):
+        return self
+
+    def sample(self, n, seed):
+        x = torch.rand(n, *self.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        x[::3] = float("nan")
+        return x
+
+
+def test_diverged_model_is_scored_as_failed_not_a_crash(digits, dom):
+    ds, split = digits
+    classes = split.val + split.novel
+    res = evaluate_generator(Diverged(ds.image_shape), None, ds, classes, dom, shots=4, n_generate=48, seed=0,
+                             progress=False)
+    m = res.metrics
+    assert m["diverged"] == 1 and m["diverged_unadapted"] == 1
+    for name in ("fid_domain", "kid_domain", "kid_domain_std", "class_hit", "memorized_share", "recall_domain",
+                 "coverage_domain", "mse", "ssim", "inception_score_domain", "diversity", "fid_domain_unadapted"):
+        assert np.isnan(m[name]) and m[f"{name}_computed"] == 0, name
+        assert res.not_computed[name].startswith("diverged: 48 of 144"), name
+    assert all(np.isnan(res.per_class["memorized_share"]))
+    # the controls that do not come from the model are scored as usual
+    assert np.isfinite(m["fid_domain_shots"]) and m["memorized_share_shots"] == 1.0 and np.isfinite(m["fid_domain_real"])
+    assert "fid_domain_shots_computed" not in m
+    assert torch.isfinite(res.grid).all()
+    cheap = evaluate_generator(Diverged(ds.image_shape), None, ds, classes, dom, shots=4, n_generate=8, seed=0,
+                               controls=False, progress=False).metrics
+    assert cheap["diverged"] == 1 and np.isnan(cheap["fid_domain"])
+
+
+def test_too_few_samples_give_not_computed_never_a_degenerate_number(digits, dom):
+    ds, split = digits
+    classes = split.val + split.novel
+    res = evaluate_generator(RealImages(ds), None, ds, classes, dom, shots=4, n_generate=8, seed=0, controls=False,
+                             progress=False)
+    m = res.metrics
+    # 3 classes x 8 = 24 pooled samples for 64 feature dims: the covariance is singular by construction
+    assert np.isnan(m["fid_domain"]) and m["fid_domain_computed"] == 0
+    assert "singular by construction" in res.not_computed["fid_domain"]
+    assert np.isfinite(m["kid_domain"]) and "kid_domain_computed" not in m  # KID is fine on small sets
+    assert np.isfinite(m["recall_domain"])  # 8 > k = 5
+    tiny = evaluate_generator(RealImages(ds), None, ds, classes, dom, shots=4, n_generate=4, seed=0, controls=False,
+                              progress=False)
+    assert np.isnan(tiny.metrics["recall_domain"]) and tiny.metrics["recall_domain_computed"] == 0
+    assert "at least 6" in tiny.not_computed["recall_domain"]
+    assert tiny.per_class["recall_domain"] == [pytest.approx(float("nan"), nan_ok=True)] * len(classes)
+    with pytest.raises(MetricNotComputed):
+        fid(np.zeros((10, 64)), np.zeros((100, 64)))

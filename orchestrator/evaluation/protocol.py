@@ -3,11 +3,16 @@
 LoFGAN-family convention (see MISSION.md, "Evaluation protocols"): for every evaluated class a
 seeded permutation picks the ``shots`` conditioning images and the class's other images are the
 reals; the method adapts on the shots and generates ``n_generate`` images; FID and KID are
-pooled over all classes (generated vs reals) in one feature space; class-specificity is the
+pooled over all classes (generated vs reals) in one feature space, standardised with the base
+classes' feature statistics, with per-class FID beside the pooled one; class-specificity is the
 share of generated images whose nearest class centroid (mean feature of each class's reals) is
-their own class. With ``controls`` the same classes, shots and seeds are also scored for: the
-unadapted model (``steps=0``), a randomly initialised model adapted exactly the same way
-(``make_scratch``), the shots repeated to the same count, and two halves of the reals (floor).
+their own class; copying is measured by the memorisation figure (share of samples closer to a
+shot than the class's real images are) and by precision/recall/density/coverage (Naeem et al.
+2020). With ``controls`` the same classes, shots and seeds are also scored for: the unadapted
+model (``steps=0``), a randomly initialised model adapted exactly the same way
+(``make_scratch``), the shots repeated to the same count (must score as a copy), and real images
+(the floor, at the method's sample sizes). Metrics that cannot be computed are NaN and flagged,
+a model with NaN samples is scored as diverged; per-class values feed ``stats.bootstrap_ci``.
 """
 from __future__ import annotations
 
@@ -32,7 +37,16 @@ KEEP_GENERATED = 4  # classes whose generated images are kept on the result
 
 @dataclass
 class EvalResult:
-    """``metrics``: name -> float; ``grid``: [rows*(shots+8), C, H, W] in [-1, 1], ``grid_nrow`` per row."""
+    """One evaluation's numbers and images.
+
+    ``metrics``: name -> float (NaN = not computed, with ``<name>_computed`` = 0 beside it);
+    ``grid``: [rows*(shots+8), C, H, W] in [-1, 1], ``grid_nrow`` per row;
+    ``per_class``: metric name -> one float per evaluated class, in ``classes`` order (NaN where not
+    computed), for the metrics whose headline is the unweighted mean over classes (see
+    :func:`evaluate_generator`); empty for results without per-class values (e.g. classifiers);
+    ``classes``: the evaluated classes, in the order of every ``per_class`` list;
+    ``not_computed``: metric name -> the one-line reason it is NaN.
+    """
 
     metrics: dict[str, float]
     grid: torch.Tensor
@@ -42,6 +56,9 @@ class EvalResult:
     feature_kind: str = ""
     feature_description: str = ""
     figures: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)  # the method's diagnostics
+    per_class: dict[str, list[float]] = field(default_factory=dict)
+    classes: list[int] = field(default_factory=list)
+    not_computed: dict[str, str] = field(default_factory=dict)
 
 
 def split_shots(ds: Any, c: int, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,44 +96,174 @@ def _generate(model: Any, shots: torch.Tensor, c: int, seed: int, n: int, steps:
     return fake
 
 
-def _pool_scores(kind: str, gen: dict[int, np.ndarray], real_all: np.ndarray,
-                 centroids: np.ndarray, suffix: str = "") -> dict[str, float]:
-    pooled = np.concatenate(list(gen.values()))
-    return {f"fid_{kind}{suffix}": M.fid(pooled, real_all),
-            f"kid_{kind}{suffix}": M.kid(pooled, real_all),
-            f"class_hit{suffix}": M.class_hit(gen, centroids)}
+GEN_SUFFIXES = ("", "_unadapted", "_scratch", "_shots")  # generated sets: the method and its image controls
+MODEL_SUFFIXES = ("", "_unadapted", "_scratch")  # sets made by a model (that can diverge)
+FLOOR_REPLICATES_MAX_DIM = 512  # above this feature dim (Inception: 2048) the real floor uses one bootstrap draw
 
 
-def _class_scores(kind: str, probs: np.ndarray, real_probs: np.ndarray, suffix: str = "") -> dict[str, float]:
-    """Inception Score and Mode Score (MT-GAN eq. 2-3) from the feature space's classifier, pooled over classes."""
-    return {f"inception_score_{kind}{suffix}": M.inception_score(probs),
-            f"mode_score_{kind}{suffix}": M.mode_score(probs, real_probs)}
+class _Record:
+    """Metrics, per-class values and "not computed" reasons, filled metric by metric (ours).
+
+    ``put`` stores ``fn()``; a :class:`~orchestrator.evaluation.metrics.MetricNotComputed` (or a NaN
+    result) becomes NaN with its reason. ``put_per_class`` stores one value per class under ``name``
+    in ``per_class`` and their mean as the headline, NaN (not computed) when any class's value is.
+    """
+
+    def __init__(self, classes: list[int]):
+        self.classes = classes
+        self.m: dict[str, float] = {}
+        self.per_class: dict[str, list[float]] = {}
+        self.not_computed: dict[str, str] = {}
+
+    def fail(self, name: str, reason: str) -> None:
+        self.m[name] = math.nan
+        self.not_computed[name] = reason
+
+    def put(self, name: str, fn: Callable[[], float]) -> None:
+        try:
+            value = float(fn())
+        except M.MetricNotComputed as err:
+            self.fail(name, err.reason)
+            return
+        if math.isnan(value):
+            self.fail(name, "the computation returned NaN")
+        else:
+            self.m[name] = value
+
+    def put_per_class(self, name: str, fn: Callable[[int], float]) -> None:
+        values, reasons = [], []
+        for c in self.classes:
+            try:
+                v = float(fn(c))
+            except M.MetricNotComputed as err:
+                v = math.nan
+                reasons.append(f"class {c}: {err.reason}")
+            else:
+                if math.isnan(v):
+                    reasons.append(f"class {c}: the computation returned NaN")
+            values.append(v)
+        self.per_class[name] = values
+        if reasons:
+            self.fail(name, f"not computed for {len(reasons)} of {len(values)} classes ({reasons[0]})")
+        else:
+            self.m[name] = float(np.mean(values))
+
+    def put_per_class_many(self, names: dict[str, str], fn: Callable[[int], dict[str, float]]) -> None:
+        """Like ``put_per_class`` for a function returning several values per class (``names``: key -> metric)."""
+        cache: dict[int, dict[str, float] | M.MetricNotComputed] = {}
+
+        def one(key: str) -> Callable[[int], float]:
+            def get(c: int) -> float:
+                if c not in cache:
+                    try:
+                        cache[c] = fn(c)
+                    except M.MetricNotComputed as err:
+                        cache[c] = err
+                hit = cache[c]
+                if isinstance(hit, M.MetricNotComputed):
+                    raise hit
+                return hit[key]
+            return get
+
+        for key, name in names.items():
+            self.put_per_class(name, one(key))
+
+
+def _prdc_names(kind: str, suffix: str) -> dict[str, str]:
+    return {k: f"{k}_{kind}{suffix}" for k in ("precision", "recall", "density", "coverage")}
+
+
+def _suffix_names(kind: str, suffix: str, *, controls: bool, probs: bool) -> tuple[list[str], list[str]]:
+    """(all metric names, the per-class ones) the protocol reports for one generated set."""
+    per_class = [f"class_hit{suffix}", f"fid_{kind}_per_class{suffix}", f"memorized_share{suffix}",
+                 f"shot_distance_ratio{suffix}", *_prdc_names(kind, suffix).values()]
+    if controls:
+        per_class.append(f"diversity{suffix}")
+    if controls and suffix == "":
+        per_class += ["mse", "ssim"]
+    if controls and suffix == "_shots":
+        per_class += ["mse_shots", "ssim_shots"]
+    pooled = [f"fid_{kind}{suffix}", f"kid_{kind}{suffix}", f"kid_{kind}_std{suffix}"]
+    if probs:
+        pooled += [f"inception_score_{kind}{suffix}", f"mode_score_{kind}{suffix}"]
+    return pooled + per_class, per_class
 
 
 def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: Any, classes: list[int],
                        features: Features, *, shots: int, n_generate: int = 128, seed: int = 0,
                        adapt_steps: int | None = None, controls: bool = True,
-                       progress: bool = True) -> EvalResult:
+                       progress: bool = True, base_classes: list[int] | None = None, memorized_q: float = 0.05,
+                       prdc_k: int = 5, floor_replicates: int | None = None,
+                       kid_subsets: int = 100) -> EvalResult:
     """Score ``method`` on ``classes`` with the one protocol; see the module docstring.
 
-    Metrics (kind = ``features.kind``, "domain" or "inception"):
-      ``fid_{kind}``, ``kid_{kind}``, ``class_hit`` — always (the cheap path, controls=False, used
-      for checkpoint selection on validation classes);
-      ``diversity`` (mean pairwise feature distance within a class), ``mse``, ``ssim`` (each
-      generated image vs its nearest real, see ``metrics.mse_ssim``) — with controls;
-      ``*_unadapted`` (``adapt(steps=0)``), ``*_scratch`` (``make_scratch()`` adapted with the same
-      shots, seeds and steps; skipped when ``make_scratch`` is None), ``*_shots`` (the shots
-      repeated to ``n_generate``) for fid/kid/class_hit/diversity, ``mse_shots``/``ssim_shots``,
-      ``fid_{kind}_real``/``kid_{kind}_real`` (two seeded halves of each class's reals, the floor),
-      ``diversity_real`` and ``class_hit_real`` (the reals' own nearest-centroid share: the ceiling
-      of class_hit in this feature space, below 1 on classes the features never saw) — with controls;
-      ``inception_score_{kind}``, ``mode_score_{kind}`` (MT-GAN eq. 2-3, pooled over classes, from the
-      feature space's classifier: the base-class domain classifier, or Inception's 1008-way fc; with
-      a domain classifier the classes are BASE classes, so on novel images they measure confident,
-      varied base-class predictions, not the paper's ImageNet-class IS) — always when the features
-      have a classifier head, for every control too, plus ``inception_score_{kind}_real`` with controls;
-      ``chance`` (1/len(classes)), ``n_classes``, ``n_generated`` (pooled), ``n_per_class``,
-      ``n_reals`` (pooled reals), ``shots``.
+    Arguments beyond the protocol's (shots, n_generate, seed, adapt_steps, controls):
+      ``base_classes``: classes whose real images' feature mean/std standardise the features
+      (default: ``features.base_classes``, which :func:`get_features` sets to the split's base classes);
+      ``memorized_q``: the memorisation rule's quantile (``metrics.memorized_share``);
+      ``prdc_k``: PRDC's k nearest neighbours; ``floor_replicates``: bootstrap draws behind the
+      ``_real`` FID/KID floor (default 3, or 1 above 512 feature dimensions: each is one more FID);
+      ``kid_subsets``: subsets behind KID's spread.
+
+    Feature space. FID, KID, PRDC and the memorisation figure are computed on features standardised
+    per dimension with the mean and standard deviation of the base classes' real images
+    (``Features.base_statistics``), so that no dimension dominates by its scale and the cubic KID kernel
+    sees O(1) values: FID is then in units of base-class feature variance (summed over dimensions) and
+    KID dimensionless. ``features_standardised`` = 1 says it was done; 0 (no base classes known) means
+    raw features, whose numbers are not comparable with standardised ones. class_hit, diversity and
+    Inception/Mode Score use the raw features (unchanged definitions).
+
+    Metrics (kind = ``features.kind``, "domain" or "inception"); "suffix" is "" for the method and
+    ``_unadapted``, ``_scratch``, ``_shots``, ``_real`` for the controls (always last in the name):
+      ``fid_{kind}``, ``kid_{kind}``: pooled over classes, generated vs all reals;
+      ``kid_{kind}_std``: KID's spread over subsets (``metrics.kid_spread``; subset size ``kid_subset_size``);
+      ``fid_{kind}_per_class``: FID of each class's generated vs that class's reals, mean over classes
+      (NaN when any class has no more samples than feature dimensions, e.g. Omniglot's 16 reals in 64-d);
+      ``class_hit``: share of generated images whose nearest real-class centroid is their class;
+      ``memorized_share``: share of generated images closer to a shot than real images of the class are
+      (``metrics.memorized_share``; expected ``memorized_nominal`` for images exchangeable with the reals,
+      1 for copies), and ``shot_distance_ratio`` (median nearest-shot distance of the generated over the reals');
+      ``precision_{kind}``, ``recall_{kind}``, ``density_{kind}``, ``coverage_{kind}`` (Naeem et al. 2020,
+      ``metrics.prdc`` with k = ``prdc_k``): per class, generated vs that class's reals, mean over classes;
+      ``inception_score_{kind}``, ``mode_score_{kind}`` (MT-GAN eq. 2-3, pooled, from the feature space's
+      classifier: the base-class domain classifier or Inception's 1008-way fc; with a domain classifier the
+      classes are BASE classes, so on novel images they measure confident, varied base-class predictions,
+      not the paper's ImageNet-class IS) when the features have a classifier head;
+      ``diverged``: 1 when any generated image has a NaN/inf pixel: the model failed and every metric of
+      its set is NaN (not computed), never a number from NaN samples;
+      all of the above for the method always (the cheap path, controls=False, used for checkpoint selection
+      on validation classes), and for ``_unadapted`` (``adapt(steps=0)``), ``_scratch`` (``make_scratch()``
+      adapted with the same shots, seeds and steps; skipped when ``make_scratch`` is None) and ``_shots``
+      (the shots repeated to ``n_generate``; ``diverged_*`` for the two model controls) with controls;
+      with controls also ``diversity{suffix}`` (mean pairwise raw-feature distance within a class), ``mse``,
+      ``ssim``, ``mse_shots``, ``ssim_shots`` (each generated image vs its nearest real, ``metrics.mse_ssim``).
+    The ``_real`` control (with controls), the yardstick a generator of real class images would reach:
+      ``fid_{kind}_real``, ``kid_{kind}_real``, ``kid_{kind}_std_real``, ``fid_{kind}_per_class_real``: at the
+      method's sample sizes: per class ``n_generate`` images drawn with replacement from the class's reals
+      against an independent draw of as many images as the class has reals (the bootstrap's stand-in for
+      a perfect generator's fresh samples vs fresh reals; KID's unbiased estimator is ≈ 0 on it by
+      construction), averaged over ``floor_replicates`` draws;
+      ``memorized_share_real``: each real scored leave-one-out against the other reals (the rule's rate);
+      ``precision_{kind}_real`` ...: each class's reals split in two seeded halves, PRDC of one half against
+      the other both ways, averaged (sizes: half the class's reals on each side, not the method's);
+      ``class_hit_real`` (pooled over reals: the ceiling in this feature space), ``diversity_real``,
+      ``inception_score_{kind}_real``.
+    Also: ``memorized_nominal`` (mean over classes of the rule's expected share), ``features_standardised``,
+    ``kid_subset_size``, ``prdc_k``, ``chance`` (1/len(classes)), ``n_classes``, ``n_generated`` (pooled),
+    ``n_per_class``, ``n_reals`` (pooled reals), ``shots``.
+
+    Not computed. A metric that cannot be computed on what it was given (fewer samples than it needs, NaN
+    features, an unstable square root: ``metrics.MetricNotComputed``) is NaN in ``metrics``, has
+    ``<name>_computed`` = 0 beside it and its reason in ``EvalResult.not_computed``; a computed metric has
+    no ``_computed`` entry.
+
+    Per class. ``EvalResult.per_class[name]`` lists the metric's value for each class in ``classes`` order
+    (NaN where not computed), for every name listed above as per class: ``class_hit{suffix}``,
+    ``fid_{kind}_per_class{suffix}``, ``memorized_share{suffix}``, ``shot_distance_ratio{suffix}``,
+    ``{precision,recall,density,coverage}_{kind}{suffix}``, ``diversity{suffix}`` (not ``_real``), ``mse``,
+    ``ssim``, ``mse_shots``, ``ssim_shots``. For each of them ``metrics[name]`` is the unweighted mean of
+    the list (NaN if any entry is NaN), so the lists of several seeds form the [seeds, classes] grid that
+    ``stats.bootstrap_ci`` takes. Pooled metrics (FID, KID, IS, Mode Score, ``class_hit_real``) have none.
     """
     classes = [int(c) for c in classes]
     if not classes:
@@ -136,88 +283,213 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
         f"controls {'on' if controls else 'off'}")
     scratch = make_scratch() if (controls and make_scratch is not None) else None
 
+    # ---- standardisation statistics (base classes' real images)
+    base = base_classes if base_classes is not None else getattr(features, "base_classes", None)
+    if base is not None and hasattr(features, "base_statistics"):
+        mu, sd = features.base_statistics(ds, base)
+        standardised = True
+    else:
+        mu, sd = None, None
+        standardised = False
+        say("no base classes known: FID/KID/PRDC/memorisation on raw features (features_standardised = 0)")
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return M.standardise(x, mu, sd) if standardised else np.asarray(x, dtype=np.float64)
+
     real_feats: dict[int, np.ndarray] = {}
+    shot_feats: dict[int, np.ndarray] = {}
     gen_feats: dict[str, dict[int, np.ndarray]] = {"": {}}
     if controls:
         gen_feats.update({"_unadapted": {}, "_shots": {}})
         if scratch is not None:
             gen_feats["_scratch"] = {}
-    mses, ssims, mses_shots, ssims_shots = [], [], [], []
-    real_halves: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    bad_images = {suffix: 0 for suffix in gen_feats}  # generated images with a NaN/inf pixel
+    pix: dict[str, list] = {"mse": [], "ssim": [], "mse_shots": [], "ssim_shots": []}
+    pix_fail: dict[str, str] = {}
     grid_rows: list[torch.Tensor] = []
     kept: dict[int, torch.Tensor] = {}
     shot_indices: dict[int, list[int]] = {}
     shots_by_class: dict[int, torch.Tensor] = {}
+    n_real_imgs: dict[int, int] = {}
+
+    def count_bad(suffix: str, images: torch.Tensor) -> None:
+        bad_images[suffix] += int((~torch.isfinite(images.reshape(len(images), -1))).any(1).sum())
+
+    def pixel_scores(key: str, images: torch.Tensor, reals: torch.Tensor) -> None:
+        try:
+            mse, ssim = M.mse_ssim(images, reals)
+        except M.MetricNotComputed as err:
+            mse = ssim = math.nan
+            pix_fail.setdefault(key, err.reason)
+        pix[key].append(mse); pix[key.replace("mse", "ssim")].append(ssim)
 
     for i, c in enumerate(classes):
         shot_idx, real_idx = split_shots(ds, c, shots, seed)
         shot_indices[c] = [int(j) for j in shot_idx]
         shot_imgs, real_imgs = ds.get(shot_idx).float(), ds.get(real_idx).float()
         shots_by_class[c] = shot_imgs
+        n_real_imgs[c] = len(real_idx)
         real_feats[c] = features(real_imgs)
+        shot_feats[c] = features(shot_imgs)
 
         fake = _generate(method, shot_imgs, c, seed, n_generate, adapt_steps, shape)
+        count_bad("", fake)
         gen_feats[""][c] = features(fake)
         if i < GRID_CLASSES:
             grid_rows.append(torch.cat([shot_imgs, fake[:n_grid]]))
         if i < KEEP_GENERATED:
             kept[c] = fake
         if controls:
-            mse, ssim = M.mse_ssim(fake, real_imgs)
-            mses.append(mse); ssims.append(ssim)
-            gen_feats["_unadapted"][c] = features(_generate(method, shot_imgs, c, seed, n_generate, 0, shape))
+            pixel_scores("mse", fake, real_imgs)
+            unadapted = _generate(method, shot_imgs, c, seed, n_generate, 0, shape)
+            count_bad("_unadapted", unadapted)
+            gen_feats["_unadapted"][c] = features(unadapted)
             if scratch is not None:
-                gen_feats["_scratch"][c] = features(
-                    _generate(scratch, shot_imgs, c, seed, n_generate, adapt_steps, shape))
+                fake_scratch = _generate(scratch, shot_imgs, c, seed, n_generate, adapt_steps, shape)
+                count_bad("_scratch", fake_scratch)
+                gen_feats["_scratch"][c] = features(fake_scratch)
             reps = shot_imgs.repeat(math.ceil(n_generate / shots), 1, 1, 1)[:n_generate]
-            shot_feats = features(shot_imgs)
-            gen_feats["_shots"][c] = np.tile(shot_feats, (math.ceil(n_generate / shots), 1))[:n_generate]
-            mse, ssim = M.mse_ssim(reps, real_imgs)
-            mses_shots.append(mse); ssims_shots.append(ssim)
-            half = np.random.default_rng([seed, c, 3]).permutation(len(real_idx))
-            real_halves[0].append(real_feats[c][half[: len(half) // 2]])
-            real_halves[1].append(real_feats[c][half[len(half) // 2:]])
+            gen_feats["_shots"][c] = np.tile(shot_feats[c], (math.ceil(n_generate / shots), 1))[:n_generate]
+            pixel_scores("mse_shots", reps, real_imgs)
         say(f"class {i + 1}/{len(classes)} done ({time.time() - t0:.1f}s)")
 
+    rec = _Record(classes)
+    m = rec.m
     real_all = np.concatenate([real_feats[c] for c in classes])
     centroids = np.stack([real_feats[c].mean(0) for c in classes])
-    m: dict[str, float] = {}
-    real_probs = features.class_probs(real_all) if getattr(features, "head", None) is not None else None
+    zreal = {c: z(real_feats[c]) for c in classes}
+    zshot = {c: z(shot_feats[c]) for c in classes}
+    zreal_all = np.concatenate([zreal[c] for c in classes])
+    has_head = getattr(features, "head", None) is not None
+    real_probs = features.class_probs(real_all) if has_head else None
+    n_gen_total = n_generate * len(classes)
+
     for suffix, gen in gen_feats.items():
-        m.update(_pool_scores(kind, gen, real_all, centroids, suffix))
+        names, per_class_names = _suffix_names(kind, suffix, controls=controls, probs=real_probs is not None)
+        if suffix in MODEL_SUFFIXES:
+            m[f"diverged{suffix}"] = float(bad_images[suffix] > 0)
+        if bad_images[suffix]:
+            reason = f"diverged: {bad_images[suffix]} of {n_gen_total} generated images have NaN/inf pixels"
+            for name in names:
+                rec.fail(name, reason)
+                if name in per_class_names:
+                    rec.per_class[name] = [math.nan] * len(classes)
+            continue
+        zgen = {c: z(gen[c]) for c in classes}
+        pooled = np.concatenate([zgen[c] for c in classes])
+        rec.put(f"fid_{kind}{suffix}", lambda: M.fid(pooled, zreal_all))
+        rec.put(f"kid_{kind}{suffix}", lambda: M.kid(pooled, zreal_all))
+        rec.put(f"kid_{kind}_std{suffix}", lambda: M.kid_spread(pooled, zreal_all, n_subsets=kid_subsets))
+        rec.put(f"class_hit{suffix}", lambda: M.class_hit(gen, centroids))
+        rec.per_class[f"class_hit{suffix}"] = _safe_list(lambda: M.class_hit_per_class(gen, centroids), len(classes))
+        rec.put_per_class(f"fid_{kind}_per_class{suffix}", lambda c: M.fid(zgen[c], zreal[c]))
+        rec.put_per_class(f"memorized_share{suffix}",
+                          lambda c: M.memorized_share(zgen[c], zshot[c], zreal[c], q=memorized_q)[0])
+        rec.put_per_class(f"shot_distance_ratio{suffix}", lambda c: M.shot_distance_ratio(zgen[c], zshot[c], zreal[c]))
+        rec.put_per_class_many(_prdc_names(kind, suffix), lambda c: M.prdc(zreal[c], zgen[c], k=prdc_k))
         if real_probs is not None:
-            m.update(_class_scores(kind, features.class_probs(np.concatenate(list(gen.values()))), real_probs, suffix))
-    if controls and real_probs is not None:
-        m[f"inception_score_{kind}_real"] = M.inception_score(real_probs)
+            gen_probs = features.class_probs(np.concatenate([gen[c] for c in classes]))
+            rec.put(f"inception_score_{kind}{suffix}", lambda: M.inception_score(gen_probs))
+            rec.put(f"mode_score_{kind}{suffix}", lambda: M.mode_score(gen_probs, real_probs))
+        if controls:
+            rec.put_per_class(f"diversity{suffix}", lambda c: M.diversity_per_class([gen[c]])[0])
+
     if controls:
-        m["diversity"] = M.diversity(gen_feats[""])
-        for suffix in gen_feats:
-            if suffix:
-                m[f"diversity{suffix}"] = M.diversity(gen_feats[suffix])
-        m["mse"], m["ssim"] = float(np.mean(mses)), float(np.mean(ssims))
-        m["mse_shots"], m["ssim_shots"] = float(np.mean(mses_shots)), float(np.mean(ssims_shots))
-        a, b = np.concatenate(real_halves[0]), np.concatenate(real_halves[1])
-        if len(a) >= 2 and len(b) >= 2:
-            m[f"fid_{kind}_real"] = M.fid(a, b)
-            m[f"kid_{kind}_real"] = M.kid(a, b)
-        m["diversity_real"] = M.diversity(real_feats)
-        m["class_hit_real"] = M.class_hit(real_feats, centroids)  # the ceiling in this feature space
+        for key in ("mse", "ssim", "mse_shots", "ssim_shots"):
+            suffix = "_shots" if key.endswith("_shots") else ""
+            if bad_images[suffix]:
+                continue  # failed with the model's other metrics above
+            values = pix[key]
+            rec.per_class[key] = [float(v) for v in values]
+            failed = pix_fail.get(key.replace("ssim", "mse"))
+            if failed:
+                rec.fail(key, failed)
+            else:
+                m[key] = float(np.mean(values))
+        if real_probs is not None:
+            rec.put(f"inception_score_{kind}_real", lambda: M.inception_score(real_probs))
+        _real_floor(rec, kind, zreal, classes, n_generate, seed, kid_subsets,
+                    floor_replicates if floor_replicates is not None
+                    else (3 if features.dim <= FLOOR_REPLICATES_MAX_DIM else 1))
+        rec.put_per_class("memorized_share_real",
+                          lambda c: M.memorized_share_real(zshot[c], zreal[c], q=memorized_q)[0])
+        rec.put_per_class_many(_prdc_names(kind, "_real"), lambda c: _prdc_halves(zreal[c], seed, c, prdc_k))
+        rec.put("diversity_real", lambda: M.diversity(real_feats))
+        rec.put("class_hit_real", lambda: M.class_hit(real_feats, centroids))  # the ceiling in this feature space
+
+    m["memorized_nominal"] = float(np.mean([M.memorization_rank(n_real_imgs[c], memorized_q) / (n_real_imgs[c] + 1.0)
+                                            for c in classes]))
+    m["features_standardised"] = float(standardised)
+    m["kid_subset_size"] = float(M.kid_subset_size(n_gen_total, len(real_all)))
+    m["prdc_k"] = float(prdc_k)
     m.update({"chance": 1.0 / len(classes), "n_classes": float(len(classes)),
-              "n_generated": float(n_generate * len(classes)), "n_per_class": float(n_generate),
+              "n_generated": float(n_gen_total), "n_per_class": float(n_generate),
               "n_reals": float(len(real_all)), "shots": float(shots)})
+    for name in rec.not_computed:
+        m[f"{name}_computed"] = 0.0
     diag = method.diagnostics(shots_by_class, seed) if hasattr(method, "diagnostics") else None
     if diag is not None:
         clash = set(diag.metrics) & set(m)
         assert not clash, f"{type(method).__name__}.diagnostics reuses protocol metric names: {clash}"
         m.update(diag.metrics)
     m = {k: float(v) for k, v in m.items()}
+    if rec.not_computed:
+        say("not computed: " + "; ".join(f"{k} ({v})" for k, v in list(rec.not_computed.items())[:6])
+            + (f"; ... {len(rec.not_computed) - 6} more" if len(rec.not_computed) > 6 else ""))
     say(f"done in {time.time() - t0:.1f}s: " + ", ".join(
-        f"{k}={m[k]:.4g}" for k in (f"fid_{kind}", f"kid_{kind}", "class_hit", f"mode_score_{kind}", f"fid_{kind}_scratch",
-                                    "class_hit_scratch", f"fid_{kind}_shots") if k in m))
-    return EvalResult(metrics=m, grid=torch.cat(grid_rows).clamp(-1, 1), grid_nrow=shots + n_grid,
+        f"{k}={m[k]:.4g}" for k in (f"fid_{kind}", f"kid_{kind}", "class_hit", f"mode_score_{kind}", "memorized_share",
+                                    f"recall_{kind}", f"coverage_{kind}", f"fid_{kind}_scratch", "class_hit_scratch",
+                                    f"fid_{kind}_shots", "memorized_share_shots", f"coverage_{kind}_shots") if k in m))
+    grid = torch.nan_to_num(torch.cat(grid_rows), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+    return EvalResult(metrics=m, grid=grid, grid_nrow=shots + n_grid,
                       generated_per_class=kept, shot_indices=shot_indices, feature_kind=kind,
                       feature_description=features.description,
-                      figures=dict(diag.figures) if diag is not None else {})
+                      figures=dict(diag.figures) if diag is not None else {},
+                      per_class=rec.per_class, classes=list(classes), not_computed=dict(rec.not_computed))
+
+
+def _safe_list(fn: Callable[[], list[float]], n: int) -> list[float]:
+    try:
+        return [float(v) for v in fn()]
+    except M.MetricNotComputed:
+        return [math.nan] * n
+
+
+def _prdc_halves(zreal: np.ndarray, seed: int, c: int, k: int) -> dict[str, float]:
+    """PRDC of one seeded half of a class's reals against the other, both ways, averaged."""
+    perm = np.random.default_rng([seed, int(c), 3]).permutation(len(zreal))
+    a, b = zreal[perm[: len(perm) // 2]], zreal[perm[len(perm) // 2:]]
+    one, two = M.prdc(a, b, k=k), M.prdc(b, a, k=k)
+    return {key: (one[key] + two[key]) / 2.0 for key in one}
+
+
+def _real_floor(rec: _Record, kind: str, zreal: dict[int, np.ndarray], classes: list[int], n_generate: int,
+                seed: int, kid_subsets: int, replicates: int) -> None:
+    """FID/KID of real images against real images at the method's sample sizes (the ``_real`` floor).
+
+    Per replicate r and class c (RNG ``[seed, c, 4, r]``): a "generated" set of ``n_generate`` draws with
+    replacement from the class's reals and an independent "real" set of as many draws as the class has
+    reals: two samples of the reals' empirical distribution at the method's sizes. Pooled FID, KID and
+    KID spread, and per-class FID, averaged over ``replicates``. Source: ours (bootstrap principle).
+    """
+    draws = []
+    for r in range(max(1, int(replicates))):
+        gen_b, ref_b = {}, {}
+        for c in classes:
+            rng = np.random.default_rng([seed, int(c), 4, r])
+            n = len(zreal[c])
+            gen_b[c] = zreal[c][rng.integers(0, n, n_generate)]
+            ref_b[c] = zreal[c][rng.integers(0, n, n)]
+        draws.append((gen_b, ref_b))
+
+    def pooled(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[], float]:
+        return lambda: float(np.mean([fn(np.concatenate([g[c] for c in classes]), np.concatenate([f[c] for c in classes]))
+                                      for g, f in draws]))
+
+    rec.put(f"fid_{kind}_real", pooled(M.fid))
+    rec.put(f"kid_{kind}_real", pooled(M.kid))
+    rec.put(f"kid_{kind}_std_real", pooled(lambda a, b: M.kid_spread(a, b, n_subsets=kid_subsets)))
+    rec.put_per_class(f"fid_{kind}_per_class_real", lambda c: float(np.mean([M.fid(g[c], f[c]) for g, f in draws])))
 
 
 def save_grid(tensor: torch.Tensor, path: Path | str, nrow: int) -> Path:
