@@ -1,8 +1,13 @@
-"""The one small interface the harness drives; every method is plain PyTorch.
+"""The whole contract between the harness and a method; every method is plain PyTorch.
 
-A method never learns how many workers it runs on: the harness hands it a ``sync``
-callable that averages gradients across workers in place (identity on one process),
-and the method calls it on whatever it is about to step with an optimizer.
+The harness calls only what this file declares (every hook with its default here) and never
+reads a method's other attributes. A method never learns how many workers it runs on: the
+harness hands it a ``sync`` callable that averages gradients across workers in place (identity
+on one process), and the method calls it on whatever it is about to step with an optimizer.
+
+Config keys use one name per concept across methods: ``shots`` (support images per class),
+``queries`` (query images per class), ``n_way``, ``inner_lr`` / ``inner_steps`` (inner loop),
+``meta_lr`` (the outer loop's learning rate), ``adapt_steps`` (test-time adaptation).
 """
 from __future__ import annotations
 
@@ -86,9 +91,20 @@ class Method(abc.ABC):
     def meta_train_step(self, tasks: list[Task], sync: GradSync = no_sync) -> dict[str, float]:
         """One meta-update from this worker's tasks; returns scalar losses for logging."""
 
+    def schedule(self, step: int, total: int) -> None:
+        """Called before each meta-step with the planned total (0 = a time budget): e.g. a learning-rate decay."""
+
     @abc.abstractmethod
     def adapt(self, shots: torch.Tensor, seed: int, steps: int | None = None) -> Sampler:
         """Few-shot adaptation on [k, C, H, W] shots without touching the meta-parameters."""
+
+    # True when the method offers ``interpolate`` (``generate --interpolate``).
+    supports_interpolation: ClassVar[bool] = False
+
+    def interpolate(self, shots: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """Optional: ``n`` images [n, C, H, W] in [-1, 1] walking between two memory slots for the class of
+        ``shots`` [k, C, H, W] (MFH's Fig. 10). Methods that offer it set ``supports_interpolation``."""
+        raise NotImplementedError(f"{self.name} has no memory slots to interpolate between")
 
     def diagnostics(self, shots: dict[int, torch.Tensor], seed: int) -> Diagnostics:
         """Optional: measurements on evaluation classes given their shots ([k, C, H, W] per class).
@@ -140,6 +156,16 @@ class FewShotClassifier(abc.ABC):
 
     def schedule(self, step: int, total: int) -> None:
         """Called before each step with the planned total (0 = a time budget): e.g. a learning-rate decay."""
+
+    def wants_generated(self, training: bool) -> bool:
+        """Whether episodes (``training`` ones, or evaluation ones) must carry generated variants of the support
+        images (``Episode.generated``); the harness then requires a store that covers them. Default: never."""
+        return False
+
+    def episode_figure_rows(self, episode: Episode) -> list[torch.Tensor]:
+        """Optional extra rows [N, C, H, W] in [-1, 1] for the evaluation figure of a 1-shot episode that carries
+        one generated variant per support image (MetaIRNet: the fused image and its weight map). Default: none."""
+        return []
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]: ...

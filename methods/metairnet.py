@@ -72,6 +72,14 @@ class MetaIRNet(ProtoNet):
     def wants_generated(self, training: bool) -> bool:
         return True
 
+    def episode_figure_rows(self, episode: Episode) -> list[torch.Tensor]:
+        """The fused image and its 3x3 block weight map (w in [0, 1] shown black to white), [N, C, H, W] each."""
+        self.net.eval()
+        with torch.no_grad():
+            _, _, fused, w = self.fuse(episode)
+        fused = fused.cpu().clamp(-1, 1)
+        return [fused, (w.cpu() * 2 - 1).clamp(-1, 1).expand_as(fused)]
+
     def fuse(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Real support images repeated per variant, the variants, their fusions and the block maps w."""
         g = self.generated_of(episode)  # [N, K, A, C, H, W]

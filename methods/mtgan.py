@@ -46,7 +46,7 @@ Where the paper is ambiguous or inconsistent, and what this module does:
   is Adam (``meta_lr``) rather than eq. 11's plain step: SS gradients of the 10 layers differ by
   orders of magnitude. ``meta_ss=false`` keeps SS at 1 and 0 (the "SS left at its initial
   values" control); the query losses are still computed and logged, so both arms cost the same.
-- Support and query: the harness draws ``shots + query_shots`` images per class; the first
+- Support and query: the harness draws ``shots + queries`` images per class; the first
   ``shots`` are the support set, the rest the query set (if a task has no extra images, the
   support doubles as the query).
 - Evaluation gives ``adapt`` the shots of ONE class: that is a 1-way task whose class takes way 0
@@ -127,8 +127,8 @@ class MTGAN(Method):
         "width": 16,  # base channel count of IC and FE (as FIGR's default; 64 on GPUs)
         "z_dim": 100,
         "shots": 4,  # K: support images per class, in meta-training and at test (paper: 10)
-        "query_shots": 4,  # Q: query images per class in meta-training (the harness draws shots + query_shots)
-        "ways": 5,  # N of the N-way meta-training tasks (paper: 5 and 3); keep tasks_per_worker a multiple
+        "queries": 4,  # Q: query images per class in meta-training (the harness draws shots + queries)
+        "n_way": 5,  # N of the N-way meta-training tasks (paper: 5 and 3); keep tasks_per_worker a multiple
         "pretrain_steps": 200,  # phase 1 length in meta-steps; phase 2 (meta-training) runs after it
         "pretrain_lr": 2e-4,  # Adam, phase 1 (IC, FE, NM_pre, CF_pre)
         "pretrain_beta1": 0.5,
@@ -158,7 +158,7 @@ class MTGAN(Method):
                              ("inner_optimizer", INNER_OPTIMIZERS), ("ss", SS_GRANULARITIES)):
             if str(cfg[key]) not in allowed:
                 raise ValueError(f"mtgan: unknown {key} {cfg[key]!r}; choose one of {', '.join(allowed)}")
-        self.z_dim, self.width, self.ways = int(cfg["z_dim"]), int(cfg["width"]), int(cfg["ways"])
+        self.z_dim, self.width, self.ways = int(cfg["z_dim"]), int(cfg["width"]), int(cfg["n_way"])
         self.shots, self.pretrain_steps = int(cfg["shots"]), int(cfg["pretrain_steps"])
         self.inner_steps, self.adapt_steps = int(cfg["inner_steps"]), int(cfg["adapt_steps"])
         self.inner_lr, self.g_target = float(cfg["inner_lr"]), str(cfg["g_target"])
@@ -167,9 +167,9 @@ class MTGAN(Method):
         if self.num_classes < 1:
             raise ValueError("mtgan: needs num_classes (the dataset's class count) for its pre-training classifier")
         if min(self.ways, self.shots, self.z_dim, self.width, self.inner_steps) < 1 or min(
-                self.pretrain_steps, self.adapt_steps, int(cfg["query_shots"])) < 0:
-            raise ValueError("mtgan: ways, shots, z_dim, width, inner_steps must be >= 1 and "
-                             "pretrain_steps, adapt_steps, query_shots >= 0")
+                self.pretrain_steps, self.adapt_steps, int(cfg["queries"])) < 0:
+            raise ValueError("mtgan: n_way, shots, z_dim, width, inner_steps must be >= 1 and "
+                             "pretrain_steps, adapt_steps, queries >= 0")
 
         with torch.random.fork_rng(devices=[]):  # built on the CPU from init_seed alone
             torch.manual_seed(int(cfg["init_seed"]))

@@ -1,9 +1,8 @@
 """Few-shot classification in the harness: episodes with generated variants, the Ray Train loop, accuracy ± CI.
 
-Classifiers (``methods.base.FewShotClassifier``: ProtoNet, MetaIRNet) run through the same pieces
-as generators: ``train`` resolves the config, checks the data, opens an MLflow run and calls
-``orchestrator.train.fit`` (a ``TorchTrainer``); its worker loop hands classifier methods to
-``classifier_loop`` here. Workers draw N-way K-shot Q-query episodes from the base classes
+Classifiers (``methods.base.FewShotClassifier``: ProtoNet, MetaIRNet) run through the same run
+lifecycle and Ray Train loop as generators (``orchestrator.lifecycle``, ``orchestrator.loop``);
+``orchestrator.kinds.ClassifierKind`` calls the pieces here. Workers draw N-way K-shot Q-query episodes from the base classes
 (worker r takes episode indices r·b..r·b+b−1 of a step, so W workers see what one worker with W·b
 episodes sees), gradients are averaged by the harness's ``sync`` and batch-norm statistics after
 each step; rank 0 scores ``val_episodes`` episodes of the validation classes, and the checkpoint
@@ -17,7 +16,6 @@ stored variants, picked by the episode's seed (the paper: one of 10 at random pe
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,20 +25,6 @@ import numpy as np
 import torch
 
 from orchestrator.errors import UserError
-
-
-def is_classifier(method: str | type) -> bool:
-    """Whether a method key (or class) is a few-shot classifier rather than a generator."""
-    import methods
-    from methods.base import FewShotClassifier
-
-    cls = method
-    if isinstance(method, str):
-        try:
-            cls = methods.get(method)
-        except KeyError:
-            return False
-    return isinstance(cls, type) and issubclass(cls, FewShotClassifier)
 
 
 def mean_ci95(accuracies: list[float] | np.ndarray) -> tuple[float, float]:
@@ -87,7 +71,7 @@ class GeneratedStore:
         Decoding and resizing go through PIL per image (grey: PIL's "L"; bilinear with antialiasing):
         tens of thousands of tiny torch ops were ~40× slower on a busy machine.
         """
-        from orchestrator.pregenerate import read_store
+        from orchestrator.store import read_store
 
         table = read_store(Path(path), columns=["image_id", "variant", "png"])
         ids = table.column("image_id").to_numpy()
@@ -185,143 +169,35 @@ def episode_figure(model, ds, classes: list[int], cfg: dict[str, Any], store: Ge
     rows = [ep.support[:, 0]]
     if ep.generated is not None:
         rows.append(ep.generated[:, 0, 0])
-        if hasattr(model, "fuse"):
-            model.net.eval()
-            with torch.no_grad():
-                _, _, fused, w = model.fuse(replace(ep, generated=ep.generated[:, :1]))
-            rows += [fused.cpu().clamp(-1, 1), (w.cpu() * 2 - 1).clamp(-1, 1).expand_as(fused)]
+        rows += list(model.episode_figure_rows(replace(ep, generated=ep.generated[:, :1])))
     rows.append(ep.query[:, 0])
     return torch.cat(rows), int(cfg["n_way"])
 
 
-def evaluate_state(method: str, cfg: dict[str, Any], ds, split, state: dict, *, seed: int,
-                   store: GeneratedStore | None = None, classes: list[int] | None = None):
-    """The classification protocol on the novel classes (``test_episodes`` episodes) as an ``EvalResult``."""
-    from orchestrator.evaluation import EvalResult
-    from orchestrator.pipeline import log
-    from orchestrator.train import build_method
+def evaluate_state(model, cfg: dict[str, Any], ds, split, *, seed: int, store: GeneratedStore | None = None,
+                   classes: list[int] | None = None):
+    """The classification protocol on the novel classes (``test_episodes`` episodes) as an ``EvalResult``.
 
-    model = build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
-    model.load_state_dict(state)
+    ``model``: a ``FewShotClassifier`` holding the selected weights; accuracy in [0, 1] with its 95% half-width.
+    """
+    import sys
+
+    from orchestrator.evaluation import EvalResult
+
     if store is None:
         store = load_store_for(cfg, ds, split, model)
     classes = list(split.novel) if classes is None else classes
     t0 = time.perf_counter()
     metrics = evaluate_episodes(model, ds, classes, cfg, store, n_episodes=int(cfg["test_episodes"]), seed=seed)
-    log(f"{method}: {int(cfg['n_way'])}-way {int(cfg['shots'])}-shot accuracy {100 * metrics['accuracy']:.2f} "
-        f"± {100 * metrics['accuracy_ci95']:.2f}% over {int(metrics['episodes'])} episodes of {len(classes)} novel "
-        f"classes ({time.perf_counter() - t0:.1f}s)")
+    print(f"{model.name}: {int(cfg['n_way'])}-way {int(cfg['shots'])}-shot accuracy {100 * metrics['accuracy']:.2f} "
+          f"± {100 * metrics['accuracy_ci95']:.2f}% over {int(metrics['episodes'])} episodes of {len(classes)} novel "
+          f"classes ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
     grid, nrow = episode_figure(model, ds, classes, cfg, store, seed)
     return EvalResult(metrics=metrics, grid=grid, grid_nrow=nrow, feature_kind="accuracy",
                       feature_description=f"generated images: {store.source if store else 'none'}")
 
 
-# --------------------------------------------------------------------- the Ray Train loop -----
-
-def _average_buffers(buffers: list[torch.Tensor]) -> None:
-    """Mean of the batch-norm running statistics over workers, so every worker holds the same model."""
-    import torch.distributed as dist
-
-    from orchestrator.distributed import world
-
-    _, size = world()
-    if size == 1 or not buffers:
-        return
-    flat = torch.cat([b.reshape(-1) for b in buffers])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= size
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
-
-
-def classifier_loop(method, loop: dict[str, Any], ds, split, store: Any, device: torch.device) -> None:
-    """``train_loop_per_worker`` for a ``FewShotClassifier`` (called from ``orchestrator.train``).
-
-    ``store``: the ``GeneratedStore`` the driver passed (in ``fit``'s validation-aid slot); anything
-    else (a resumed run passes the generator path's features) makes the worker load it from the config.
-    """
-    import ray.train
-    import torch.distributed as dist
-
-    from orchestrator import tracking
-    from orchestrator.data import TaskSampler
-    from orchestrator.distributed import any_true, broadcast_params, grad_sync, world
-    from orchestrator.train import load_checkpoint, save_checkpoint
-
-    cfg = loop["config"]
-    rank, size = world()
-    if not isinstance(store, GeneratedStore):
-        store = load_store_for(cfg, ds, split, method)
-    step, elapsed = 0, 0.0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            saved = load_checkpoint(Path(d), device)
-        method.load_state_dict(saved["state"])
-        step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
-        if rank == 0:
-            print(f"resuming from checkpoint at step {step}", flush=True)
-    broadcast_params(method.parameters() + method.buffers())
-    sync = grad_sync()
-
-    b, steps = int(cfg["tasks_per_worker"]), int(cfg["steps"])
-    n_way, shots, queries, n_aug = int(cfg["n_way"]), int(cfg["shots"]), int(cfg["queries"]), int(cfg["n_aug"])
-    train_store = store if method.wants_generated(training=True) else None
-    budget_s = 60.0 * float(cfg["budget_minutes"])
-    start = time.perf_counter() - elapsed
-    sampler = TaskSampler(ds, split.base, int(cfg["seed"]))
-    window: dict[str, list[float]] = {}
-    window_start, window_steps = time.perf_counter(), 0
-    uri, run_id = loop["tracking_uri"], loop["run_id"]
-
-    while True:
-        method.schedule(step, steps)
-        episodes = [with_generated(sampler.episode(step, i, n_way, shots, queries), train_store, n_aug)
-                    for i in range(rank * b, rank * b + b)]
-        losses = method.meta_train_step(episodes, sync)
-        _average_buffers(method.buffers())
-        step += 1
-        window_steps += 1
-        for k, v in losses.items():
-            window.setdefault(k, []).append(float(v))
-        elapsed = time.perf_counter() - start
-        stop = any_true((steps > 0 and step >= steps) or (budget_s > 0 and elapsed >= budget_s), device)
-        if rank == 0:
-            tracking.log_metrics(uri, run_id, losses, step)
-        if rank == 0 and (step % int(cfg["log_every"]) == 0 or stop):
-            rate = window_steps * b * size / max(time.perf_counter() - window_start, 1e-9)
-            means = {k: sum(v) / len(v) for k, v in window.items()}
-            tracking.log_metrics(uri, run_id, {"episodes_per_s": rate}, step)
-            total = f"/{steps}" if steps else f" ({elapsed / 60:.1f}/{budget_s / 60:.1f} min)"
-            print(f"step {step}{total}  {rate:.2f} episodes/s  " + " ".join(f"{k}={v:.3g}" for k, v in means.items()),
-                  flush=True)
-            window, window_start, window_steps = {}, time.perf_counter(), 0
-
-        if step % int(cfg["eval_every"]) == 0 or stop:
-            report: dict[str, Any] = {"step": step, **losses}
-            ckpt = None
-            if rank == 0:
-                val = evaluate_episodes(method, ds, split.val, cfg, store, n_episodes=int(cfg["val_episodes"]),
-                                        seed=int(cfg["eval_seed"]))
-                val = {"val_accuracy": val["accuracy"], "val_accuracy_ci95": val["accuracy_ci95"]}
-                report.update(val)
-                tracking.log_metrics(uri, run_id, val, step)
-                print(f"step {step}: val_accuracy={val['val_accuracy']:.4f} ± {val['val_accuracy_ci95']:.4f}", flush=True)
-                tmpdir = tempfile.mkdtemp(prefix="fsig-ckpt-")
-                save_checkpoint(method, step, time.perf_counter() - start, Path(tmpdir))
-                ckpt = ray.train.Checkpoint.from_directory(tmpdir)
-            if size > 1:
-                box = [report]
-                dist.broadcast_object_list(box, src=0)
-                report = box[0]
-            ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:07d}")
-        if stop:
-            break
-
-
-# ------------------------------------------------------------------------------ the driver -----
+# ------------------------------------------------------------------------------ up-front checks ----
 
 def check_episodes(cfg: dict[str, Any], ds, split) -> None:
     """Every part has enough classes for N-way and every class enough images for K shots + Q queries."""
@@ -334,68 +210,3 @@ def check_episodes(cfg: dict[str, Any], ds, split) -> None:
             raise UserError(f"{n_way}-way episodes need {n_way} {part} classes but the split of {ds.name} has "
                             f"{len(classes)}: pass --set n_way=N with fewer ways, or --set n_val/n_novel for more classes")
         check_class_sizes(ds, classes, need, f"{cfg['shots']}-shot {cfg['queries']}-query episodes")
-
-
-def run_train(method: str, overrides: dict[str, Any], sets: list[str], *, workers: int, cpus_per_worker: float,
-              gpus_per_worker: float, uri: str, experiment: str, address: str | None,
-              max_failures: int) -> dict[str, Any]:
-    """``train`` for a classifier: validate, record, fit under Ray Train, evaluate the val-selected checkpoint."""
-    import ray
-
-    from orchestrator import config as config_mod
-    from orchestrator import tracking
-    from orchestrator.pipeline import ensure_ray, log, log_evaluation, prepare_data
-    from orchestrator.train import (best_checkpoint, build_method, default_storage, fit, load_checkpoint,
-                                    method_class, new_run_name)
-
-    if workers < 1:
-        raise UserError(f"--workers {workers}: need at least 1 worker")
-    cls = method_class(method)
-    cfg = config_mod.resolve(cls.default_config, overrides, sets, cls.harness_defaults)
-    if int(cfg["steps"]) <= 0 and float(cfg["budget_minutes"]) <= 0:
-        raise UserError("no budget: pass --steps N or --budget-minutes M")
-    ds, split = prepare_data(cfg)
-    check_episodes(cfg, ds, split)
-    try:
-        probe = build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        raise UserError(f"{method}: {err}") from None
-    store = load_store_for(cfg, ds, split, probe)
-    del probe
-    log(f"{cfg['dataset']}: {ds.num_classes} classes, split base/val/novel = {len(split.base)}/{len(split.val)}/"
-        f"{len(split.novel)}; generated images: {store.source + f' ({store.variants} variants each)' if store else 'none'}")
-    started = ensure_ray(address)
-    name, storage = new_run_name(method), default_storage()
-    run_id = tracking.start_run(uri, experiment, name, cfg, {
-        "method": method, "dataset": cfg["dataset"], "split_seed": str(split.seed), "seed": str(cfg["seed"]),
-        "ray_run_name": name, "ray_storage_path": str(storage), "workers": str(workers), "task": "classification",
-        "generated_source": store.source if store else "none", "backbone": str(cfg["backbone"])})
-    tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
-    tracking.log_dict(uri, run_id, {"method": method, "config": cfg}, "config.json")
-    log(f"MLflow run {run_id} in {uri}; Ray Train run {name} under {storage}")
-    try:
-        result = fit(method, cfg, ds, split, store, run_id=run_id, tracking_uri=uri, workers=workers,
-                     cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, storage_path=storage,
-                     name=name, max_failures=max_failures)
-        checkpoint, chosen = best_checkpoint(result, cfg["select_metric"])
-        with checkpoint.as_directory() as d:
-            saved = load_checkpoint(Path(d))
-        step = int(saved["step"])
-        select = cfg["select_metric"]
-        log(f"selected the step-{step} checkpoint "
-            f"({f'{select}={chosen[select]:.4g} on validation classes' if select in chosen else 'the latest'})")
-        evaluation = evaluate_state(method, cfg, ds, split, saved["state"], seed=int(cfg["eval_seed"]), store=store)
-        log_evaluation(uri, run_id, evaluation, step, "novel_episode.png")
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save({"state": saved["state"], "step": step, "elapsed_s": saved["elapsed_s"]}, Path(tmp) / "model.pt")
-            tracking.log_file(uri, run_id, Path(tmp) / "model.pt", "checkpoint")
-        tracking.set_tags(uri, run_id, {"selected_step": str(step)})
-        tracking.end_run(uri, run_id, "FINISHED")
-    except BaseException:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise
-    finally:
-        if started:
-            ray.shutdown()
-    return {"run_id": run_id, "method": method, "dataset": cfg["dataset"], "selected_step": step,
-            **{k: float(v) for k, v in evaluation.metrics.items()}}

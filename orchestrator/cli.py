@@ -104,25 +104,20 @@ def _dispatch(args: argparse.Namespace) -> dict:
                      "budget_minutes": args.budget_minutes, "seed": args.seed, "split_seed": args.split_seed}
         if args.resume:
             overrides = {"steps": args.steps, "budget_minutes": args.budget_minutes}
-        from orchestrator import classify
+        from orchestrator.kinds import is_classifier
+        from orchestrator.lifecycle import Scale
 
         sets = list(args.set)
         if args.backbone or args.backbone_weights:  # shortcuts for --set backbone=... / backbone_weights=...
-            if args.resume or not classify.is_classifier(args.method):
+            if args.resume or not is_classifier(args.method):
                 raise UserError("--backbone and --backbone-weights configure the few-shot classifiers: use them with "
                                 "train protonet or train metairnet")
             sets = [*([f"backbone={args.backbone}"] if args.backbone else []),
                     *([f"backbone_weights={args.backbone_weights}"] if args.backbone_weights else []), *sets]
-        if args.method and not args.resume and classify.is_classifier(args.method):
-            return classify.run_train(args.method, overrides, sets, workers=args.workers,
-                                      cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-                                      uri=uri, experiment=args.experiment or tracking.DEFAULT_EXPERIMENT,
-                                      address=args.address, max_failures=args.max_failures)
-        return pipeline.run_train(args.method, overrides, args.set, workers=args.workers,
-                                  cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-                                  uri=uri, experiment=args.experiment or tracking.DEFAULT_EXPERIMENT,
-                                  address=args.address, inception_weights=args.inception_weights,
-                                  max_failures=args.max_failures, resume=args.resume)
+        scale = Scale(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
+        return pipeline.run_train(args.method, overrides, sets, scale=scale, uri=uri,
+                                  experiment=args.experiment or tracking.DEFAULT_EXPERIMENT, address=args.address,
+                                  inception_weights=args.inception_weights, resume=args.resume)
     if args.command == "evaluate":
         return pipeline.run_evaluate(args.run_id, uri=uri, seed=args.eval_seed, n_generate=args.n_generate,
                                      inception_weights=args.inception_weights)

@@ -30,7 +30,11 @@ HARNESS_DEFAULTS: dict[str, Any] = {
     "select_metric": "val_fid_domain",  # chosen on validation classes; class_hit: higher is better; "last": latest
 }
 
-_NONE_DEFAULT_TYPES = (int, float, str)
+# A value MLflow would cut (its param limit is 6,000 characters): refused before anything is recorded.
+MAX_VALUE_CHARS = 6000
+
+# Old config names, refused with the one name each concept has now (one name per concept across methods).
+RENAMED: dict[str, str] = {"ways": "n_way", "query_shots": "queries", "outer_lr": "meta_lr"}
 
 
 def parse_value(key: str, raw: str, default: Any) -> Any:
@@ -63,9 +67,14 @@ def apply_overrides(config: dict[str, Any], sets: list[str]) -> dict[str, Any]:
             raise UserError(f"--set {item}: expected key=value, e.g. --set inner_lr=1e-4")
         key, raw = item.split("=", 1)
         key = key.strip()
+        if key in RENAMED and key not in out:
+            raise UserError(f"--set {key}: renamed; use --set {RENAMED[key]}={raw}")
         if key not in out:
             near = ", ".join(sorted(out))
             raise UserError(f"--set {key}: unknown config key; valid keys are: {near}")
+        if len(raw) > MAX_VALUE_CHARS:
+            raise UserError(f"--set {key}=...: the value is {len(raw)} characters, over MLflow's parameter limit of "
+                            f"{MAX_VALUE_CHARS}; pass a shorter value (e.g. a path to a file holding it)")
         out[key] = parse_value(key, raw, out[key])
     return out
 

@@ -61,3 +61,37 @@ def broadcast_params(params: list[torch.nn.Parameter]) -> None:
     with torch.no_grad():
         for p in params:
             dist.broadcast(p.data, src=0)
+
+
+def average_tensors(tensors: list[torch.Tensor]) -> None:
+    """Mean of ``tensors`` (e.g. batch-norm running statistics) over workers, in place, as one flat all-reduce."""
+    _, size = world()
+    if size == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= size
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))
+        offset += t.numel()
+
+
+def gather_objects(obj) -> list:
+    """Every worker's ``obj`` in rank order (``[obj]`` on one process)."""
+    _, size = world()
+    if size == 1:
+        return [obj]
+    out = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every worker."""
+    _, size = world()
+    if size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -34,7 +34,6 @@ import numpy as np
 
 from orchestrator.errors import UserError
 
-MANIFEST = "_manifest.json"
 CLASS_PARTS = ("base", "val", "novel")
 
 
@@ -68,80 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-# ------------------------------------------------------------------------------ the store ------
-
-def shard_path(out: Path, image_id: int) -> Path:
-    return Path(out) / f"part-{int(image_id):08d}.parquet"
-
-
-def done_ids(out: Path) -> set[int]:
-    """Image ids whose shard is complete (temp files are hidden and never counted)."""
-    ids = set()
-    for f in Path(out).glob("part-*.parquet"):
-        try:
-            ids.add(int(f.stem.split("-", 1)[1]))
-        except ValueError:
-            continue
-    return ids
-
-
-def write_shard(out: Path, image_id: int, rows: list[dict[str, Any]]) -> bool:
-    """Write one image's rows atomically (hidden temp file + rename); False if it was already there."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    final = shard_path(out, image_id)
-    if final.exists():
-        return False
-    table = pa.Table.from_pylist(rows, schema=SCHEMA())
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)
-    return True
-
-
-def SCHEMA():  # noqa: N802 (a function so pyarrow is imported only when used)
-    import pyarrow as pa
-
-    return pa.schema([("image_id", pa.int64()), ("label", pa.int32()), ("class_name", pa.string()),
-                      ("variant", pa.int32()), ("seed", pa.int64()), ("loss", pa.float32()),
-                      ("png", pa.binary())])
-
-
-def read_store(out: Path, columns: list[str] | None = None):
-    """The whole Parquet dataset as one pyarrow Table (hidden and ``_`` files are skipped)."""
-    import pyarrow.dataset as pads
-
-    out = Path(out)
-    if not out.is_dir() or not any(out.glob("part-*.parquet")):
-        raise UserError(f"{out} holds no pre-generated variants: run python -m orchestrator pregenerate --out {out} first")
-    return pads.dataset(str(out), format="parquet", schema=SCHEMA()).to_table(columns=columns)
-
-
-def read_manifest(out: Path) -> dict[str, Any] | None:
-    path = Path(out) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def decode_png(data: bytes):
-    """PNG bytes -> float tensor [C, H, W] in [-1, 1] (C as stored: 3 for BigGAN variants)."""
-    import torch
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def encode_png(image) -> bytes:
-    """[3, H, W] tensor in [-1, 1] -> PNG bytes."""
-    from PIL import Image
-
-    x = image.detach().cpu().float().numpy()  # numpy: a few µs; the same in torch ops was ~15 ms on a busy machine
-    arr = np.ascontiguousarray(((np.clip(x, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0))
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+# The store's format lives in orchestrator.store (a lower layer the classifiers read too).
+from orchestrator.store import (MANIFEST, SCHEMA, decode_png, done_ids, encode_png, read_manifest,  # noqa: E402,F401
+                                read_store, shard_path, write_shard)
 
 
 # ----------------------------------------------------------------------------- the actors -----
@@ -198,7 +126,7 @@ class RunWorker:
                  threads: int, gpu: bool):
         import torch
 
-        from orchestrator.train import build_method
+        from orchestrator.kinds import build_method
 
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
@@ -232,7 +160,7 @@ def biggan_resolution_of(path: Path) -> int:
     if missing:
         raise UserError(f"--biggan {path}: no {' or '.join(missing)} there; pass a folder holding a "
                         f"pytorch-pretrained-biggan config.json and pytorch_model.bin (the ImageNet weights "
-                        f"are fetched once with network access, see the README section 'BigGAN weights')")
+                        f"are fetched once with network access, see docs/methods.md, section 'BigGAN weights')")
     try:
         layers = json.loads((path / "config.json").read_text())["layers"]
         return 4 * 2 ** sum(1 for layer in layers if layer[0])
@@ -272,7 +200,7 @@ def perceptual_spec(ds, split, cfg: dict[str, Any], weights: str | None) -> dict
         return {"kind": "imagenet", "weights": str(Path(weights).resolve()),
                 "description": f"ImageNet backbone from {weights}"}
     from orchestrator.evaluation import domain_features
-    from orchestrator.pipeline import cache_dir
+    from orchestrator.settings import cache_dir
 
     feats = domain_features(ds, split, cache_dir() / "features", "cpu")
     body = feats.net.net.body
@@ -321,7 +249,7 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
     uri = uri or tracking.default_tracking_uri()
     parts = _parts(classes)
     if from_run:
-        from orchestrator.pipeline import load_run, require_generator
+        from orchestrator.lifecycle import load_run, require_generator
 
         # state: the selected checkpoint, {"state": the method's state dict, "step": ...}
         run_method, cfg, run_split, state = load_run(uri, from_run)  # a UserError names a bad id
@@ -395,7 +323,7 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
     try:
         with _sigterm_as_interrupt():
             if todo:
-                from orchestrator.pipeline import ensure_ray
+                from orchestrator.lifecycle import ensure_ray
 
                 started = ensure_ray(address)
                 _run_pool(ds, todo, seed, variants, out, worker=worker, actors=actors, cpus=cpus_per_actor, gpus=gpus_per_actor, stats=stats, losses=losses,

@@ -170,7 +170,7 @@ def parse(data: Any, path: str | Path, method_defaults: dict[str, Any]) -> Searc
     if not metric.startswith("val_"):
         raise UserError(f"{path}: metric: {metric!r} is not reported during training; use a validation "
                         f"metric (val_fid_domain, val_class_hit, ...): novel classes never select")
-    from orchestrator.train import higher_is_better
+    from orchestrator.kinds import higher_is_better
 
     natural = "max" if higher_is_better(metric) else "min"
     mode = data.get("mode", natural)

@@ -13,7 +13,7 @@ How it fits together (Ray 2.60, Train V2):
   < the trial's searched values (``--set`` on a searched key is refused). Defaults: 4 trials of
   1 minute each, as many at a time as the cluster's CPUs hold (2 here).
 - Each trial is a Tune *function* trainable (``_trial``) that requests no CPU (``{"cpu": 0,
-  "memory": 1}``) and builds a ``TorchTrainer`` through ``orchestrator.train.fit`` with Ray Tune's
+  "memory": 1}``) and builds a ``TorchTrainer`` through the run lifecycle (``orchestrator.lifecycle``) with Ray Tune's
   ``TuneReportCallback``: every ``eval_every`` steps the workers' ``ray.train.report`` (losses and
   ``val_*``) reaches Tune, so ASHA decides on it. The trial's own MLflow **child run**
   (``mlflow.parentRunId`` = the parent, tag ``tune_trial_id``) records what a ``train`` run
@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _log(msg: str) -> None:
-    from orchestrator.pipeline import log
+    from orchestrator.kinds import log
 
     log(msg)
 
@@ -101,8 +101,9 @@ def _absolute_uri(uri: str) -> str:
 
 
 def _join(storage: str, *parts: str) -> str:
-    """Join under a local path or a URI (``s3://bucket/x``), which ``pathlib`` would mangle."""
-    return "/".join([str(storage).rstrip("/"), *parts])
+    from orchestrator.settings import join
+
+    return join(storage, *parts)
 
 
 def new_sweep_name(method: str) -> str:
@@ -145,22 +146,20 @@ def _client(uri: str):
 # ---------------------------------------------------------------- one trial (runs in a Tune actor)
 
 
-def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, ds=None, val_features=None) -> None:
-    """One Tune trial: a child MLflow run + a ``TorchTrainer`` fit + novel-class evaluation."""
-    import torch
+def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, data=None) -> None:
+    """One Tune trial: a child MLflow run through the run lifecycle (fit, select, evaluate, record)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator import tracking
-    from orchestrator.data import Split
-    from orchestrator.pipeline import evaluate_state, log_evaluation
-    from orchestrator.train import best_checkpoint, fit, load_checkpoint
+    from orchestrator import lifecycle, tracking
+    from orchestrator.recorder import backfill
 
-    assert ctx is not None
+    assert ctx is not None and data is not None
     trial_id = tune.get_context().get_trial_id()
     uri, parent, method = ctx["uri"], ctx["parent_run_id"], ctx["method"]
     cfg = {**ctx["config"], **config}
-    split = Split.from_dict(ctx["split"])
+    ds, split, kind, aids = data
+    prep = lifecycle.Prepared(method, cfg, ds, split, kind, aids)
     train_name = f"{ctx['sweep_name']}-{trial_id}"
     storage = ctx["trial_storage"]  # a local path or a URI (s3://...)
 
@@ -173,50 +172,23 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, ds=None, v
         for m in tracking.client(uri).get_metric_history(existing.info.run_id, metric):
             tune.report({"step": int(m.step), metric: float(m.value)})
         return
+    after = 0
     if existing is not None:
         run_id = existing.info.run_id
+        after = backfill(uri, run_id, storage, train_name)
         tracking.client(uri).update_run(run_id, status="RUNNING")
-        print(f"trial {trial_id}: continuing child run {run_id}", flush=True)
+        print(f"trial {trial_id}: continuing child run {run_id} after step {after}", flush=True)
     else:
         searched = {f"searched.{k}": str(v) for k, v in config.items()}
-        run_id = tracking.start_run(uri, ctx["experiment"], f"trial-{trial_id}", cfg, {
-            "method": method, "dataset": cfg["dataset"], "split_seed": str(split.seed), "seed": str(cfg["seed"]),
+        run_id = lifecycle.open_run(uri, ctx["experiment"], f"trial-{trial_id}", prep, {
             "ray_run_name": train_name, "ray_storage_path": storage, "workers": str(ctx["workers"]),
-            "features": val_features.kind, TRIAL_TAG: trial_id, "sweep_name": ctx["sweep_name"],
-            "sweep_role": "trial", **searched}, parent_run_id=parent)
-        tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
-        tracking.log_dict(uri, run_id, {"method": method, "config": cfg}, "config.json")
+            TRIAL_TAG: trial_id, "sweep_name": ctx["sweep_name"], "sweep_role": "trial", **searched},
+            parent_run_id=parent)
         print(f"trial {trial_id}: MLflow child run {run_id}", flush=True)
-    try:
-        result = fit(method, cfg, ds, split, val_features, run_id=run_id, tracking_uri=uri,
-                     workers=ctx["workers"], cpus_per_worker=ctx["cpus_per_worker"],
-                     gpus_per_worker=ctx["gpus_per_worker"], storage_path=storage, name=train_name,
-                     max_failures=ctx["max_failures"], callbacks=[TuneReportCallback()])
-        checkpoint, _ = best_checkpoint(result, cfg["select_metric"])
-        with checkpoint.as_directory() as d:
-            saved = load_checkpoint(Path(d))
-        step = int(saved["step"])
-        torch.set_num_threads(max(1, int(ctx["cpus_per_worker"])))
-        evaluation = evaluate_state(method, cfg, ds, split, saved["state"], val_features,
-                                    seed=int(cfg["eval_seed"]), n_generate=int(cfg["n_generate"]))
-        log_evaluation(uri, run_id, evaluation, step, "novel_samples.png")
-        _log_model(uri, run_id, saved)
-        tracking.set_tags(uri, run_id, {"selected_step": str(step), "stopped_early": "false"})
-        tracking.end_run(uri, run_id, "FINISHED")
-    except BaseException:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise
-
-
-def _log_model(uri: str, run_id: str, saved: dict) -> None:
-    import torch
-
-    from orchestrator import tracking
-
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save({"state": saved["state"], "step": int(saved["step"]), "elapsed_s": saved["elapsed_s"]},
-                   Path(tmp) / "model.pt")
-        tracking.log_file(uri, run_id, Path(tmp) / "model.pt", "checkpoint")
+    scale = lifecycle.Scale(ctx["workers"], ctx["cpus_per_worker"], ctx["gpus_per_worker"], ctx["max_failures"])
+    lifecycle.train_and_record(prep, uri=uri, run_id=run_id, name=train_name, storage=storage, scale=scale,
+                               callbacks=[TuneReportCallback()], after=after)
+    tracking.set_tags(uri, run_id, {"stopped_early": "false"})
 
 
 # ---------------------------------------------------------------- the driver
@@ -246,7 +218,9 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     from orchestrator import config as config_mod
     from orchestrator import search_space
     from orchestrator import tracking
-    from orchestrator.train import default_storage, method_class
+    from orchestrator import lifecycle
+    from orchestrator.kinds import method_class
+    from orchestrator.settings import default_storage
 
     if not args.method:
         raise UserError(f"which method? e.g. python -m orchestrator sweep figr ({', '.join(methods.available())})")
@@ -271,8 +245,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     # Checkpoints are chosen on the metric the sweep ranks by (unless --set select_metric=... says otherwise).
     overrides = {"select_metric": space.metric, **space.fixed, **{k: v for k, v in flags.items() if v is not None}}
     cfg = config_mod.resolve(cls.default_config, overrides, args.set, cls.harness_defaults)
-    if int(cfg["steps"]) <= 0 and float(cfg["budget_minutes"]) <= 0:
-        raise UserError("no budget: pass --steps N or --budget-minutes M (per trial)")
+    cfg = lifecycle.finish_config(cfg)
     name = new_sweep_name(args.method)
     storage = default_storage()
     sweep = {
@@ -284,9 +257,12 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         "startup_trials": args.startup_trials if args.startup_trials is not None else max(2, trials // 3),
         "storage": storage, "tune_path": _join(storage, name),
     }
-    ds, split, val_features = _data(cfg)
+    prep = lifecycle.prepare(args.method, cfg)  # the same pre-start validation as train
+    split = prep.split
     started = _ensure_ray(args.address)
     try:
+        lifecycle.check_cluster_fits(lifecycle.Scale(args.workers_per_trial, args.cpus_per_worker,
+                                                     args.gpus_per_worker))
         parent_params = {k: v for k, v in cfg.items() if k not in space.params}
         parent_params.update({f"sweep.{k}": sweep[k] for k in ("trials", "concurrency", "workers_per_trial",
                                                                "cpus_per_worker", "gpus_per_worker", "seed",
@@ -297,7 +273,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         parent = tracking.start_run(uri, sweep["experiment"], name, parent_params, {
             "sweep_name": name, "sweep_role": "parent", "method": args.method, "dataset": cfg["dataset"],
             "split_seed": str(split.seed), "seed": str(args.seed), "tune_path": sweep["tune_path"],
-            "features": val_features.kind})
+            "features": prep.aids.description, "command": lifecycle.command_line()})
         sweep["parent_run_id"] = parent
         sweep["split"] = split.to_dict()
         tracking.log_file(uri, parent, space_path, "search_space")
@@ -307,7 +283,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
              f"{', '.join(space.params)} ({space.mode} {space.metric}); MLflow parent run {parent} in {uri}")
         _log(f"interrupted? continue with: python -m orchestrator sweep {args.method} --resume {name}")
         print(f"sweep name: {name}", flush=True)
-        return _tune(sweep, uri, ds, split, val_features, restore=False)
+        return _tune(sweep, uri, prep, restore=False)
     finally:
         if started:
             import ray
@@ -338,13 +314,15 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     if not tune.Tuner.can_restore(sweep["tune_path"]):
         raise UserError(f"--resume {args.resume}: no Ray Tune state under {sweep['tune_path']}; it was written "
                         f"by the machine that ran the sweep (set FSIG_STORAGE to shared storage on a cluster)")
-    ds, split, val_features = _data(sweep["config"], sweep["split"])
-    assert split.to_dict() == Split.from_dict(sweep["split"]).to_dict()
+    from orchestrator import lifecycle
+
+    prep = lifecycle.prepare(sweep["method"], sweep["config"], sweep["split"])
+    assert prep.split.to_dict() == Split.from_dict(sweep["split"]).to_dict()
     started = _ensure_ray(args.address)
     try:
         tracking.client(uri).update_run(sweep["parent_run_id"], status="RUNNING")
         _log(f"resuming sweep {sweep['name']} (MLflow parent run {sweep['parent_run_id']}) from {sweep['tune_path']}")
-        return _tune(sweep, uri, ds, split, val_features, restore=True)
+        return _tune(sweep, uri, prep, restore=True)
     finally:
         if started:
             import ray
@@ -352,17 +330,8 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
             ray.shutdown()
 
 
-def _data(cfg: dict[str, Any], split_dict: dict | None = None):
-    from orchestrator.pipeline import features_for, prepare_data
-
-    ds, split = prepare_data(cfg, split_dict)
-    _log(f"{cfg['dataset']}: {ds.num_classes} classes, {len(ds.labels)} images {ds.image_shape}; split "
-         f"base/val/novel = {len(split.base)}/{len(split.val)}/{len(split.novel)} classes (seed {split.seed})")
-    return ds, split, features_for(ds, split, None, domain_only=True)
-
-
 def _ensure_ray(address: str | None) -> bool:
-    from orchestrator.pipeline import ensure_ray
+    from orchestrator.lifecycle import ensure_ray
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # a killed driver loses at most ~5 s of Tune state
     return ensure_ray(address)
@@ -379,7 +348,7 @@ def _auto_concurrency(sweep: dict[str, Any]) -> int:
     return max(1, min(fits, sweep["trials"]))
 
 
-def _trainable(sweep: dict[str, Any], uri: str, ds, val_features):
+def _trainable(sweep: dict[str, Any], uri: str, prep):
     from ray import tune
 
     from orchestrator import tracking
@@ -393,13 +362,19 @@ def _trainable(sweep: dict[str, Any], uri: str, ds, val_features):
         "gpus_per_worker": sweep["gpus_per_worker"], "max_failures": sweep["max_failures"],
         "metric": sweep["space"]["metric"],
     }
-    fn = tune.with_parameters(_trial, ctx=ctx, ds=ds, val_features=val_features)
+    import ray
+
+    fn = tune.with_parameters(_trial, ctx=ctx, data=(prep.ds, prep.split, prep.kind, prep.aids))
     # The trial's driver function needs no CPU (its TorchTrainer's workers hold them); an empty
     # request is rejected and a fractional CPU would cost a core's worth of scheduling on small boxes.
-    return tune.with_resources(fn, {"cpu": 0, "memory": 1})
+    # It is pinned to the sweep driver's node (Ray's built-in ``node:<ip>`` resource), so the trial and
+    # its Ray Train controller (placed on the trial's node) record from where the driver runs: workers on
+    # other nodes never need to reach the tracking store.
+    node = f"node:{ray.util.get_node_ip_address()}"
+    return tune.with_resources(fn, {"cpu": 0, "memory": 1, node: 0.001})
 
 
-def _tune(sweep: dict[str, Any], uri: str, ds, split, val_features, *, restore: bool) -> dict[str, Any]:
+def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, Any]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -408,7 +383,7 @@ def _tune(sweep: dict[str, Any], uri: str, ds, split, val_features, *, restore: 
 
     space = search_space.parse(sweep["space"], sweep["space_file"], _method_defaults(sweep["method"]))
     cfg = sweep["config"]
-    trainable = _trainable(sweep, uri, ds, val_features)
+    trainable = _trainable(sweep, uri, prep)
     parent = sweep["parent_run_id"]
     try:
         if restore:
@@ -443,7 +418,7 @@ def _tune(sweep: dict[str, Any], uri: str, ds, split, val_features, *, restore: 
         tracking.end_run(uri, parent, "FAILED")
         raise
     _release_placement_groups()
-    return _finish(sweep, uri, grid, space, (ds, split, val_features))
+    return _finish(sweep, uri, grid, space, prep)
 
 
 def _sampler(sweep: dict[str, Any]):
@@ -488,12 +463,12 @@ def _close_running_children(uri: str, sweep: dict[str, Any], status: str) -> Non
 
 
 def _method_defaults(method: str) -> dict[str, Any]:
-    from orchestrator.train import method_class
+    from orchestrator.kinds import method_class
 
     return method_class(method).default_config
 
 
-def _finish(sweep: dict[str, Any], uri: str, grid, space, data) -> dict[str, Any]:
+def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any]:
     """Close every child run (stopped-early ones by hand), pick the best trial, record it on the parent."""
     from orchestrator import tracking
 
@@ -570,7 +545,7 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, data) -> dict[str, Any
     tracking.log_metrics(uri, parent, {"trials_completed": completed, "trials_stopped_early": stopped,
                                        "trials_errored": errored})
     if best_tid is not None:
-        _evaluate_if_stopped(sweep, uri, child_of[best_tid], *data)
+        _evaluate_if_stopped(sweep, uri, child_of[best_tid], prep)
         _record_best(uri, parent, summary)
     if interrupted:
         tracking.end_run(uri, parent, "KILLED")
@@ -581,23 +556,25 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, data) -> dict[str, Any
     return summary
 
 
-def _evaluate_if_stopped(sweep: dict[str, Any], uri: str, run_id: str, ds, split, features) -> None:
+def _evaluate_if_stopped(sweep: dict[str, Any], uri: str, run_id: str, prep) -> None:
     """The best trial may be one ASHA stopped (ranked by its best validation value, not its last):
     give it the novel-class evaluation its trial function did not live to run."""
-    from orchestrator import tracking
-    from orchestrator.pipeline import evaluate_state, log_evaluation
-    from orchestrator.train import load_checkpoint
+    import tempfile
+
+    from orchestrator import lifecycle, tracking
+    from orchestrator.checkpoints import load_checkpoint
 
     run = tracking.client(uri).get_run(run_id)
-    if run.data.tags.get("stopped_early") != "true" or "fid_domain" in run.data.metrics \
-            or run.data.tags.get("selected_step") is None:
+    if run.data.tags.get("stopped_early") != "true" or run.data.tags.get("selected_step") is None \
+            or any(k in run.data.metrics for k in ("fid_domain", "fid_inception", "accuracy")):
         return
-    saved = load_checkpoint(tracking.download(uri, run_id, "checkpoint/model.pt").parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = load_checkpoint(tracking.download(uri, run_id, "checkpoint/model.pt", tmp).parent)
     cfg = {**sweep["config"], **tracking.load_json_artifact(uri, run_id, "config.json")["config"]}
     _log(f"best trial's child run {run_id} was stopped early: evaluating its step-{saved['step']} checkpoint")
-    result = evaluate_state(sweep["method"], cfg, ds, split, saved["state"], features,
-                            seed=int(cfg["eval_seed"]), n_generate=int(cfg["n_generate"]))
-    log_evaluation(uri, run_id, result, int(saved["step"]), "novel_samples.png")
+    trial_prep = lifecycle.Prepared(sweep["method"], cfg, prep.ds, prep.split, prep.kind, prep.aids)
+    lifecycle.evaluate_and_record(trial_prep, saved, uri=uri, run_id=run_id, seed=int(cfg["eval_seed"]),
+                                  n_generate=int(cfg["n_generate"]))
 
 
 def _record_best(uri: str, parent: str, summary: dict[str, Any]) -> None:
@@ -618,8 +595,8 @@ def _record_best(uri: str, parent: str, summary: dict[str, Any]) -> None:
 
 def _close_stopped(uri: str, run_id: str, result, metric: str, mode: str) -> None:
     """A trial ASHA stopped was killed mid-fit: log its best validation checkpoint and close its run."""
-    from orchestrator import tracking
-    from orchestrator.train import load_checkpoint
+    from orchestrator import lifecycle, tracking
+    from orchestrator.checkpoints import load_checkpoint
 
     df = result.metrics_dataframe if result is not None else None
     last_step = None
@@ -632,7 +609,7 @@ def _close_stopped(uri: str, run_id: str, result, metric: str, mode: str) -> Non
         if len(rows):
             row = rows.loc[rows[metric].idxmin() if mode == "min" else rows[metric].idxmax()]
             saved = load_checkpoint(Path(row["checkpoint_path"]))
-            _log_model(uri, run_id, saved)
+            lifecycle.log_model(uri, run_id, saved)
             tags["selected_step"] = str(int(saved["step"]))
     tracking.set_tags(uri, run_id, tags)
     tracking.end_run(uri, run_id, "FINISHED")

@@ -1,8 +1,13 @@
 """MLflow bookkeeping through ``MlflowClient`` with explicit run ids.
 
-Explicit ids (rather than mlflow's global "active run") let the driver create a run, the
-rank-0 Ray Train worker log its per-step losses into it from another process, and a
-resumed run continue the same record.
+Explicit ids (rather than mlflow's global "active run") let the driver create a run, the Ray Train
+controller's ``Recorder`` log the workers' reports into it from another process, and a resumed run
+continue the same record. Ray Train workers never write here (``client`` refuses inside one).
+
+A new SQLite store is created once, under a file lock beside it: MLflow's schema migration is not
+safe when several processes make their first write to a new file at once. HTTP tracking servers are
+retried by MLflow's own client (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``_BACKOFF_FACTOR``; bounded
+defaults set here unless the user set them).
 """
 from __future__ import annotations
 
@@ -19,6 +24,12 @@ from orchestrator.errors import UserError
 
 DEFAULT_EXPERIMENT = "fewshot-generation"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr readable
+# A tracking server that is down: MLflow's client retries with exponential backoff (1, 2, 4, 8, 16, 32 s,
+# about a minute in all) before the command gives up with one line naming the URI and the --resume.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+_READY: set[str] = set()
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,9 +39,33 @@ def default_tracking_uri() -> str:
 
 
 def client(uri: str):
+    """An ``MlflowClient`` for ``uri``; a new SQLite store is initialised once, under a file lock.
+
+    Raises ``RuntimeError`` inside a Ray Train worker (the record is made on the driver's node only).
+    """
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.settings import WORKER_ENV
+
+    if os.environ.get(WORKER_ENV) == "1":
+        raise RuntimeError("a Ray Train worker tried to write to the tracking store; workers report, the driver records")
+    if uri not in _READY and uri.startswith("sqlite:///"):
+        _init_sqlite(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def _init_sqlite(uri: str) -> None:
+    """Create or migrate the SQLite store under ``<db>.lock`` (filelock, a Ray dependency), once per process."""
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri[len("sqlite:///"):])
+    if not db.parent.is_dir():
+        raise UserError(f"tracking store {uri}: folder {db.parent} does not exist; create it or pass another "
+                        f"--tracking-uri")
+    with FileLock(str(db) + ".lock", timeout=300):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # the store is built (or migrated) here
+    _READY.add(uri)
 
 
 def experiment_id(uri: str, name: str) -> str:
@@ -93,6 +128,17 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0)
         client(uri).log_batch(run_id, metrics=batch)
 
 
+def log_metric_rows(uri: str, run_id: str, rows: list[tuple[str, float, int]]) -> None:
+    """Log ``(name, value, step)`` rows in batches of MLflow's limit (1,000 metrics a call)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, int(s)) for k, v, s in rows]
+    c = client(uri)
+    for i in range(0, len(batch), 1000):
+        c.log_batch(run_id, metrics=batch[i:i + 1000])
+
+
 def log_dict(uri: str, run_id: str, data: dict, path: str) -> None:
     client(uri).log_dict(run_id, data, path)
 
@@ -123,11 +169,10 @@ def get_run(uri: str, run_id: str):
                         f"and the same --tracking-uri") from None
 
 
-def download(uri: str, run_id: str, path: str) -> Path:
-    """Fetch an artifact of a run into a temp dir."""
+def download(uri: str, run_id: str, path: str, dst: str | Path) -> Path:
+    """Fetch artifact ``path`` of a run into folder ``dst`` (the caller owns and removes it)."""
     from mlflow.exceptions import MlflowException
 
-    dst = Path(tempfile.mkdtemp(prefix="fsig-artifact-"))
     try:
         return Path(client(uri).download_artifacts(run_id, path, str(dst)))
     except (MlflowException, OSError):
@@ -136,4 +181,6 @@ def download(uri: str, run_id: str, path: str) -> Path:
 
 
 def load_json_artifact(uri: str, run_id: str, path: str) -> dict:
-    return json.loads(download(uri, run_id, path).read_text())
+    """A JSON artifact of a run, read through a temporary folder that is removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="fsig-artifact-") as tmp:
+        return json.loads(download(uri, run_id, path, tmp).read_text())

@@ -21,7 +21,7 @@ from methods.mtgan import MTGAN, d_loss, g_loss
 from methods.mtgan_nets import SSConv2d
 from orchestrator.evaluation import inception_score, mode_score
 
-SMALL = {"width": 4, "z_dim": 8, "ways": 2, "shots": 2, "query_shots": 2, "inner_steps": 2, "adapt_steps": 2,
+SMALL = {"width": 4, "z_dim": 8, "n_way": 2, "shots": 2, "queries": 2, "inner_steps": 2, "adapt_steps": 2,
          "pretrain_steps": 1}
 
 
@@ -145,7 +145,7 @@ def test_registered_with_defaults_and_bad_options(digits):
     ds, _, _ = digits
     assert methods.get("mtgan") is MTGAN
     cfg = MTGAN.default_config
-    assert MTGAN.harness_defaults["tasks_per_worker"] == cfg["ways"]
+    assert MTGAN.harness_defaults["tasks_per_worker"] == cfg["n_way"]
     assert MTGAN.harness_defaults["select_metric"] == "last"  # never a phase-1 (pre-trained only) checkpoint
     assert (cfg["ss"], cfg["g_target"], cfg["meta_ss"], cfg["head_init"]) == ("channel", "class", True, "meta")
     for key, bad in (("ss", "kernel"), ("g_target", "x"), ("head_init", "x"), ("inner_optimizer", "x")):
@@ -302,7 +302,7 @@ def test_cli_train_goes_through_both_phases_and_reports_mode_score(tmp_path, ray
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["train", "mtgan", "--steps", "3", "--tracking-uri", uri, "--json",
-                 "--set", "pretrain_steps=2", "--set", "width=4", "--set", "ways=2", "--set", "tasks_per_worker=2",
+                 "--set", "pretrain_steps=2", "--set", "width=4", "--set", "n_way=2", "--set", "tasks_per_worker=2",
                  "--set", "inner_steps=2", "--set", "adapt_steps=2", "--set", "eval_every=2",
                  "--set", "val_generate=8", "--set", "n_generate=16", "--set", "select_metric=last"])
     assert code == 0

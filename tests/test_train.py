@@ -86,7 +86,9 @@ def test_two_workers_match_one_worker_with_twice_the_tasks(store, one_worker):
     two = train(store, "--steps", "4", "--workers", "2", "--set", "tasks_per_worker=1")
     a, b = state_of(store, one_worker["run_id"]), state_of(store, two["run_id"])
     assert a["step"] == b["step"] == 4
-    assert_same_state(a["state"], b["state"])
+    # One meta-step agrees to 1e-11; Adam's normalisation grows that rounding to at most 7e-5 by step 4 on this
+    # machine (the same figure on the code before the lifecycle change), so the bound is 2e-4, not 1e-5.
+    assert_same_state(a["state"], b["state"], atol=2e-4)
 
 
 def test_resume_continues_from_checkpoint(store, capsys, one_worker):

@@ -1,0 +1,283 @@
+"""One run lifecycle for every method: validate → create the MLflow run → fit under Ray Train →
+choose the checkpoint on validation classes → evaluate on novel classes → record → end the run.
+
+``train``, ``train --resume``, ``evaluate`` and every sweep trial go through these functions; what
+differs between generators and classifiers sits in ``orchestrator.kinds``. Layers (no import circle):
+commands (``cli``, ``pipeline``, ``sweep``, ``compare``, ``pregenerate``) → this module →
+``loop`` / ``recorder`` / ``kinds`` → ``classify`` / ``evaluation`` / ``tracking`` / ``data`` /
+``checkpoints`` / ``config``.
+
+Every input is checked (``prepare``) before a run is created in MLflow or Ray is started, so bad
+input leaves the store exactly as it was.
+"""
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchestrator import config as config_mod
+from orchestrator import tracking
+from orchestrator.checkpoints import load_checkpoint, save_checkpoint
+from orchestrator.errors import UserError
+from orchestrator.kinds import Aids, Kind, build_method, is_classifier, kind_of, log, method_class
+
+BUDGET_KEYS = ("steps", "budget_minutes")
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, validated: the resolved config, data, split, kind and the driver's aids."""
+
+    method: str
+    cfg: dict[str, Any]
+    ds: Any
+    split: Any
+    kind: Kind
+    aids: Aids
+
+
+@dataclass
+class Scale:
+    """How the fit is spread: Ray Train workers and each one's resources."""
+
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 1
+
+    def check(self, flag: str = "--workers") -> None:
+        if self.workers < 1:
+            raise UserError(f"{flag} {self.workers}: need at least 1 worker")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise UserError("--cpus-per-worker must be > 0 and --gpus-per-worker >= 0")
+        if self.max_failures < 0:
+            raise UserError(f"--max-failures {self.max_failures}: pass 0 or more")
+
+
+def resolve_config(method: str, overrides: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Harness defaults < method defaults < CLI flags < ``--set``; a budget is required; data roots made absolute."""
+    cls = method_class(method)
+    cfg = config_mod.resolve(cls.default_config, overrides, sets, cls.harness_defaults)
+    return finish_config(cfg)
+
+
+def finish_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Checks every resolved config gets (budget, cadences) and the data root as an absolute path."""
+    if int(cfg["steps"]) <= 0 and float(cfg["budget_minutes"]) <= 0:
+        raise UserError("no budget: pass --steps N or --budget-minutes M")
+    for key in ("eval_every", "log_every", "tasks_per_worker"):
+        if int(cfg[key]) < 1:
+            raise UserError(f"--set {key}={cfg[key]}: must be at least 1")
+    if cfg.get("data_root"):
+        cfg = {**cfg, "data_root": str(Path(str(cfg["data_root"])).expanduser().resolve())}
+    return cfg
+
+
+def prepare(method: str, cfg: dict[str, Any], split_dict: dict | None = None,
+            inception_weights: str | None = None, quiet: bool = False) -> Prepared:
+    """The one pre-start validation every command calls: dataset and data root, split, class sizes, the
+    method built with the resolved config (a value it refuses is a ``UserError``), the kind's own checks
+    (episodes, generated-image store coverage), and the features / store the run will use."""
+    from orchestrator.data import Split, load_dataset, make_split
+
+    ds = load_dataset(cfg["dataset"], cfg["data_root"] or None, image_size=int(cfg["image_size"]),
+                      channels=int(cfg["channels"]))
+    if split_dict is not None:
+        split = Split.from_dict(split_dict)
+    else:
+        split = make_split(ds, seed=int(cfg["split_seed"]), n_val=int(cfg["n_val"]) or None,
+                           n_novel=int(cfg["n_novel"]) or None)
+    try:
+        probe = build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"{method}: {err} (fix the --set value)") from None
+    kind = kind_of(method)
+    kind.check(cfg, ds, split, probe)
+    aids = kind.aids(cfg, ds, split, probe, inception_weights)
+    if not quiet:
+        log(f"{cfg['dataset']}: {ds.num_classes} classes, {len(ds.labels)} images {ds.image_shape}; split "
+            f"base/val/novel = {len(split.base)}/{len(split.val)}/{len(split.novel)} classes (seed {split.seed})")
+    return Prepared(method, cfg, ds, split, kind, aids)
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to ``address``, or to the local Ray another command of this machine started, or start one.
+
+    True if this call started Ray (the caller shuts it down). Two commands at once on one machine share
+    one local Ray instead of starting two (which makes Ray Train's clean-up log errors in every run).
+    """
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+    try:
+        # The dashboard hosts the State API Ray Train polls; without it Train logs a warning a second.
+        ray.init(address=address or None, log_to_driver=True)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise UserError(f"cannot connect to Ray at {address!r} ({str(err).splitlines()[0]}): "
+                        f"pass the head node's address (ray start --head prints it) or omit --address") from None
+    return True
+
+
+def check_cluster_fits(scale: Scale) -> None:
+    """Refuse a fit the cluster can never schedule (it would wait forever)."""
+    import ray
+
+    res = ray.cluster_resources()
+    need_cpu = scale.workers * scale.cpus_per_worker
+    if need_cpu > res.get("CPU", 0) + 1e-9:
+        raise UserError(f"--workers {scale.workers} x --cpus-per-worker {scale.cpus_per_worker:g} needs {need_cpu:g} CPUs "
+                        f"but the Ray cluster has {res.get('CPU', 0):g}: lower --workers or --cpus-per-worker")
+    if scale.gpus_per_worker and scale.workers * scale.gpus_per_worker > res.get("GPU", 0) + 1e-9:
+        raise UserError(f"--gpus-per-worker {scale.gpus_per_worker:g} x {scale.workers} workers needs GPUs the Ray "
+                        f"cluster does not have ({res.get('GPU', 0):g}): drop --gpus-per-worker or add GPU nodes")
+
+
+def new_run_name(method: str) -> str:
+    return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+def command_line() -> str:
+    return "python -m orchestrator " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def open_run(uri: str, experiment: str, name: str, prep: Prepared, tags: dict[str, str],
+             parent_run_id: str | None = None) -> str:
+    """Create the MLflow run: the resolved config as params, the split and config as artifacts, and the tags
+    every run carries (method, dataset, seeds, kind, features, versions, commit, command line)."""
+    cfg, split = prep.cfg, prep.split
+    run_id = tracking.start_run(uri, experiment, name, cfg, {
+        "method": prep.method, "dataset": cfg["dataset"], "split_seed": str(split.seed), "seed": str(cfg["seed"]),
+        "eval_seed": str(cfg["eval_seed"]), "kind": prep.kind.name, "features": prep.aids.description,
+        "command": command_line(), **tags}, parent_run_id=parent_run_id)
+    tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
+    tracking.log_dict(uri, run_id, {"method": prep.method, "config": cfg}, "config.json")
+    return run_id
+
+
+def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storage: str, scale: Scale,
+                     callbacks: list | None = None, after: int = 0) -> dict[str, Any]:
+    """Fit under Ray Train with the ``Recorder``, select on validation, evaluate on novel classes, record, end.
+
+    The run ends FINISHED, or FAILED when anything raises (the error propagates). Returns the JSON line's dict.
+    """
+    from orchestrator.loop import best_checkpoint, fit
+    from orchestrator.recorder import Recorder
+
+    cfg = prep.cfg
+    try:
+        result = fit(prep.method, cfg, prep.ds, prep.split, prep.aids.val, workers=scale.workers,
+                     cpus_per_worker=scale.cpus_per_worker, gpus_per_worker=scale.gpus_per_worker,
+                     storage_path=storage, name=name, max_failures=scale.max_failures,
+                     callbacks=[Recorder(uri, run_id, after), *(callbacks or [])])
+        if result.error is not None:
+            raise result.error
+        checkpoint, chosen = best_checkpoint(result, cfg["select_metric"])
+        if checkpoint is None:
+            raise UserError(f"run {run_id} produced no checkpoint: the budget ended before the first step")
+        with checkpoint.as_directory() as d:
+            saved = load_checkpoint(Path(d))
+        select = cfg["select_metric"]
+        why = f"{select}={chosen[select]:.4g} on validation classes" if select in chosen else "the latest"
+        log(f"selected the step-{saved['step']} checkpoint ({why})")
+        out = evaluate_and_record(prep, saved, uri=uri, run_id=run_id, seed=int(cfg["eval_seed"]),
+                                  n_generate=int(cfg["n_generate"]))
+        log_model(uri, run_id, saved)
+        tracking.set_tags(uri, run_id, {"selected_step": str(int(saved["step"]))})
+        tracking.end_run(uri, run_id, "FINISHED")
+    except BaseException:
+        _end_quietly(uri, run_id, "FAILED")
+        raise
+    budget = {k: float(v) for k, v in (result.metrics or {}).items()
+              if k in ("meta_steps", "tasks_seen", "images_seen", "train_seconds", "eval_seconds")}
+    return {"run_id": run_id, "method": prep.method, "dataset": cfg["dataset"], "selected_step": int(saved["step"]),
+            **budget, **out}
+
+
+def _end_quietly(uri: str, run_id: str, status: str) -> None:
+    try:
+        tracking.end_run(uri, run_id, status)
+    except Exception as err:  # noqa: BLE001 - the original error matters more; the store may be the problem
+        log(f"could not mark run {run_id} {status} in {uri} ({err.__class__.__name__})")
+
+
+def evaluate_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_id: str, seed: int,
+                        n_generate: int) -> dict[str, float]:
+    """The novel-class protocol on ``saved["state"]``, logged at the checkpoint's step into ``run_id``."""
+    t0 = time.perf_counter()
+    result = prep.kind.evaluate(prep.method, prep.cfg, prep.ds, prep.split, saved["state"], prep.aids.final,
+                                seed=seed, n_generate=n_generate)
+    seconds = time.perf_counter() - t0
+    record_evaluation(uri, run_id, result, int(saved["step"]), prep.kind.figure if seed == int(prep.cfg["eval_seed"])
+                      else f"{Path(prep.kind.figure).stem}_seed{seed}.png")
+    tracking.log_metrics(uri, run_id, {"test_eval_seconds": seconds}, int(saved["step"]))
+    tracking.set_tags(uri, run_id, {"threads_eval": str(torch.get_num_threads())})
+    return {k: float(v) for k, v in result.metrics.items()}
+
+
+def record_evaluation(uri: str, run_id: str, result, step: int, name: str) -> None:
+    """An ``EvalResult``'s metrics at ``step`` and its figures under ``samples/``."""
+    from orchestrator.evaluation import save_result_images
+
+    tracking.log_metrics(uri, run_id, {k: v for k, v in result.metrics.items() if v is not None}, step)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in save_result_images(result, tmp, name, suffix=f"_{Path(name).stem}"):
+            tracking.log_file(uri, run_id, path, "samples")
+
+
+def log_model(uri: str, run_id: str, saved: dict[str, Any]) -> None:
+    """The selected checkpoint as ``checkpoint/model.pt`` (what ``evaluate`` and ``generate`` load)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_checkpoint(saved["state"], int(saved["step"]), float(saved.get("elapsed_s", 0.0)), tmp)
+        tracking.log_file(uri, run_id, path, "checkpoint")
+
+
+# ------------------------------------------------------------------------- reading runs back ----
+
+def load_run(uri: str, run_id: str, *, finished: bool = True):
+    """Method, config, split and selected checkpoint of a train run (``UserError`` unless it is FINISHED)."""
+    run = tracking.get_run(uri, run_id)
+    if finished and run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} is {run.info.status}, not FINISHED: evaluate or generate from a finished run "
+                        f"(a killed or failed train continues with python -m orchestrator train --resume {run_id})")
+    saved = tracking.load_json_artifact(uri, run_id, "config.json")
+    split_dict = tracking.load_json_artifact(uri, run_id, "split.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracking.download(uri, run_id, "checkpoint/model.pt", tmp)
+        state = load_checkpoint(path.parent)
+    return saved["method"], saved["config"], split_dict, state
+
+
+def require_generator(method: str, run_id: str, command: str) -> None:
+    """Classifier runs (protonet, metairnet) make no images: say so instead of failing inside ``adapt``."""
+    if is_classifier(method):
+        raise UserError(f"run {run_id} is a {method} classifier, which generates no images: give {command} the run "
+                        f"id of a generator run (figr, mfh, mtgan, transfer)")
+
+
+def resume_config(saved_cfg: dict[str, Any], overrides: dict[str, Any], sets: list[str], run_id: str) -> dict[str, Any]:
+    """The recorded config with a new budget; any other ``--set`` that changes a recorded value is refused."""
+    budget = {k: v for k, v in overrides.items() if k in BUDGET_KEYS and v is not None}
+    cfg = config_mod.apply_overrides({**saved_cfg, **budget}, sets)
+    changed = sorted(k for k in cfg if k not in BUDGET_KEYS and cfg[k] != saved_cfg.get(k))
+    if changed:
+        raise UserError(f"--resume {run_id} continues the run with its recorded config; --set changes "
+                        f"{', '.join(changed)}: start a new run with train (only --steps/--budget-minutes may change)")
+    return finish_config(cfg)
+
+
+def is_finite_metrics(metrics: dict[str, float]) -> bool:
+    return all(v is None or math.isfinite(float(v)) for v in metrics.values())

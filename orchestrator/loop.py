@@ -1,0 +1,183 @@
+"""The one Ray Train worker loop, for every kind of method, and ``fit`` around ``TorchTrainer``.
+
+Each worker draws its own tasks or episodes (indices ``rank*b .. rank*b+b-1`` of a step, so the
+union over W workers is what one worker drawing W·b would see), the method averages its gradients
+through the harness's ``sync``, and every ``eval_every`` steps rank 0 scores the validation classes
+and writes a checkpoint directory holding ``model.pt``, ``history.json`` (every step's losses since
+the previous checkpoint, the budget counters, the validation metrics) and any validation figures.
+
+Workers never write to the tracking store (``orchestrator.tracking`` refuses inside a worker): they
+report, and ``orchestrator.recorder.Recorder``, a Ray Train ``UserCallback`` on the controller
+(which Ray places on the driver's node), records what each *persisted* checkpoint holds. A restart
+from the checkpoint at step s therefore re-trains and re-reports only steps after s, and each step
+reaches the record once (ours, on Ray Train 2.60's documented callback).
+
+Budgets: ``steps`` counts meta-steps; ``budget_minutes`` counts training seconds only (validation
+and checkpointing excluded), so methods with costly validation get the same training time. A run
+restored at or past its budget stops without training another step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchestrator.checkpoints import load_checkpoint, save_checkpoint
+from orchestrator.kinds import build_method, higher_is_better, kind_of
+
+from orchestrator.settings import WORKER_ENV
+
+HISTORY_FILE = "history.json"
+SAMPLES_DIR = "samples"
+
+
+def _budget_reached(step: int, train_s: float, steps: int, budget_s: float) -> bool:
+    return (steps > 0 and step >= steps) or (budget_s > 0 and train_s >= budget_s)
+
+
+def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (Ray's ``train_loop_per_worker``); ``loop`` is ``fit``'s config."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from orchestrator.data import Split, TaskSampler
+    from orchestrator.distributed import any_true, broadcast_object, broadcast_params, gather_objects, grad_sync, world
+
+    os.environ[WORKER_ENV] = "1"
+    cfg = loop["config"]
+    threads = max(1, int(loop["threads"]))
+    torch.set_num_threads(threads)
+    device = ray.train.torch.get_device()
+    rank, size = world()
+    ds = ray.get(loop["dataset_ref"])
+    split = Split.from_dict(loop["split"])
+    val_aid = ray.get(loop["val_aid_ref"])
+    kind = kind_of(loop["method"])
+    method = build_method(loop["method"], cfg, ds.image_shape, device, ds.num_classes)
+
+    step, train_s, eval_s = 0, 0.0, 0.0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            saved = load_checkpoint(Path(d), device)
+            history = json.loads((Path(d) / HISTORY_FILE).read_text()) if (Path(d) / HISTORY_FILE).is_file() else {}
+        method.load_state_dict(saved["state"])
+        step, train_s = int(saved["step"]), float(saved["elapsed_s"])
+        eval_s = float(history.get("budget", {}).get("eval_seconds", 0.0))
+        if rank == 0:
+            print(f"resuming from checkpoint at step {step}", flush=True)
+    broadcast_params(kind.synced(method))
+    sync = grad_sync()
+    nodes = gather_objects({"rank": rank, "node_ip": ray.util.get_node_ip_address(), "host": socket.gethostname(),
+                            "pid": os.getpid()})
+
+    b, steps = int(cfg["tasks_per_worker"]), int(cfg["steps"])
+    budget_s = 60.0 * float(cfg["budget_minutes"])
+    sampler = TaskSampler(ds, split.base, int(cfg["seed"]))
+    per_item = kind.images_per_item(cfg)
+    records: list[dict[str, Any]] = []  # every step since the last report (rank 0's losses)
+    window: dict[str, list[float]] = {}
+    window_start, window_steps = time.perf_counter(), 0
+
+    stop = any_true(_budget_reached(step, train_s, steps, budget_s), device)
+    while not stop:
+        t0 = time.perf_counter()
+        method.schedule(step, steps)
+        batch = kind.batch(method, sampler, step, range(rank * b, rank * b + b), cfg, val_aid)
+        losses = {k: float(v) for k, v in method.meta_train_step(batch, sync).items()}
+        kind.after_step(method)
+        step += 1
+        train_s += time.perf_counter() - t0
+        stop = any_true(_budget_reached(step, train_s, steps, budget_s), device)
+        window_steps += 1
+        for k, v in losses.items():
+            window.setdefault(k, []).append(v)
+        record = {"step": step, "metrics": dict(losses)}
+        if step % int(cfg["log_every"]) == 0 or stop:
+            rate = window_steps * b * size / max(time.perf_counter() - window_start, 1e-9)
+            record["metrics"][f"{kind.unit}_per_s"] = rate
+            if rank == 0:
+                total = f"/{steps}" if steps else f" ({train_s / 60:.1f}/{budget_s / 60:.1f} min)"
+                shown = " ".join(f"{k}={sum(v) / len(v):.3g}" for k, v in window.items())
+                print(f"step {step}{total}  {rate:.2f} {kind.unit}/s  {shown}", flush=True)
+            window, window_start, window_steps = {}, time.perf_counter(), 0
+        records.append(record)
+
+        if step % int(cfg["eval_every"]) == 0 or stop:
+            report: dict[str, Any] = {"step": step, **losses}
+            ckpt = None
+            if rank == 0:
+                t_eval = time.perf_counter()
+                tmpdir = tempfile.mkdtemp(prefix="fsig-ckpt-")
+                samples = Path(tmpdir) / SAMPLES_DIR
+                samples.mkdir()
+                val = kind.validate(method, ds, split, cfg, val_aid, step, samples if kind.val_figures else None)
+                eval_s += time.perf_counter() - t_eval
+                budget = {"meta_steps": step, "tasks_seen": step * b * size,
+                          "images_seen": step * b * size * per_item, "train_seconds": train_s, "eval_seconds": eval_s}
+                report.update(val)
+                report.update(budget)
+                print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in val.items()), flush=True)
+                history = {"records": records, "val": val, "budget": budget, "nodes": nodes,
+                           "threads": threads, "step": step}
+                (Path(tmpdir) / HISTORY_FILE).write_text(json.dumps(history))
+                save_checkpoint(method.state_dict(), step, train_s, Path(tmpdir))
+                ckpt = ray.train.Checkpoint.from_directory(tmpdir)
+            report = broadcast_object(report)  # every worker reports the same metrics (Ray scores checkpoints on them)
+            extra = {"delete_local_checkpoint_after_upload": True} if ckpt is not None else {}
+            ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:07d}", **extra)
+            records = []
+
+
+def fit(method: str, cfg: dict[str, Any], ds, split, val_aid, *, workers: int, cpus_per_worker: float,
+        gpus_per_worker: float, storage_path: str, name: str, max_failures: int = 1, callbacks: list | None = None,
+        threads: int | None = None):
+    """Run the data-parallel meta-training; returns Ray Train's ``Result``.
+
+    ``callbacks`` go to Ray Train's ``RunConfig`` (the ``Recorder``; a sweep adds Ray Tune's
+    ``TuneReportCallback`` so the workers' reports reach the enclosing Tune trial). Re-running with
+    the same ``name`` and ``storage_path`` resumes from the latest checkpoint (Ray Train V2 restores
+    its checkpoint manager from storage). ``threads``: torch threads per worker (default: its CPUs).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    select = cfg["select_metric"]
+    scoring = {} if select == "last" else {
+        "checkpoint_score_attribute": select, "checkpoint_score_order": "max" if higher_is_better(select) else "min"}
+    resources = {"CPU": cpus_per_worker}
+    if gpus_per_worker:
+        resources["GPU"] = gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg, "method": method, "split": split.to_dict(), "dataset_ref": ray.put(ds),
+            "val_aid_ref": ray.put(val_aid), "threads": threads or max(1, int(cpus_per_worker)),
+        },
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=3, **scoring),
+            callbacks=callbacks or None,
+        ),
+    )
+    return trainer.fit()
+
+
+def best_checkpoint(result, metric: str):
+    """The checkpoint chosen on validation classes (never novel ones); ``last`` (or none scored): the latest."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if metric == "last" or not scored:
+        return result.checkpoint, dict(result.metrics or {})
+    pick = max if higher_is_better(metric) else min
+    return pick(scored, key=lambda cm: cm[1][metric])
