@@ -79,8 +79,9 @@ def test_prdc_sees_repeated_images_as_low_recall_and_coverage():
 
     shifted = M.prdc(real, fake + 10.0, k=5)  # off the real manifold: no fidelity
     assert shifted["precision"] == 0.0 and shifted["density"] == 0.0
-    with pytest.raises(MetricNotComputed, match="at least 6"):
-        M.prdc(real[:5], fake, k=5)
+    with pytest.raises(MetricNotComputed, match="at least 7"):
+        M.prdc(real[:6], fake, k=5)  # k + 1 = 6 samples: the package's k-th value selection would crash
+    assert np.isfinite(M.prdc(real[:7], fake[:7], k=5)["recall"])
 
 
 # --------------------------------------------------------------- degenerate inputs -------
@@ -153,3 +154,26 @@ def test_standardised_kid_and_fid_do_not_depend_on_the_feature_scale():
     assert abs(M.kid(a2, b2)) > 1e3 * abs(M.kid(a, b))  # raw: the scale, not the distance, drives it
     assert M.fid(M.standardise(a2, mu2, sd2), M.standardise(b2, mu2, sd2)) == pytest.approx(
         M.fid(M.standardise(a, mu, sd), M.standardise(b, mu, sd)), rel=1e-6)
+
+
+def test_kid_of_resampled_reals_leaves_out_pairs_of_one_image():
+    """The _real floor draws both sets from the same reals with replacement: a shared image's self-kernel must not
+    count (on heavy-tailed features it would dominate); without shared draws it is exactly the unbiased KID."""
+    rng = _rng(6)
+    pool = rng.standard_t(2, size=(300, 256)) + 1.0
+    perm = rng.permutation(300)
+    gi, ri = perm[:120], perm[120:]  # disjoint, no repeats
+    value, spread = M.kid_resampled(pool, gi, ri, n_subsets=20)
+    assert value == pytest.approx(M.kid(pool[gi], pool[ri]), rel=1e-9, abs=1e-12) and spread > 0
+    # with replacement, 128 "generated" vs 30 "real" draws from 30 images in 512-d, where k(x, x) = 8 >> k(x, y) = 1:
+    # leaving out pairs of one image keeps the floor near 0 and far less noisy than the plain unbiased KID
+    small = rng.normal(size=(30, 512))
+    distinct, plain = [], []
+    for _ in range(30):
+        g, r = rng.integers(0, 30, 128), rng.integers(0, 30, 30)
+        distinct.append(M.kid_resampled(small, g, r, n_subsets=2)[0])
+        plain.append(M.kid(small[g], small[r]))
+    assert np.std(distinct) < 0.25 * np.std(plain)
+    assert abs(np.mean(distinct)) < 3 * np.std(distinct) / np.sqrt(30)
+    with pytest.raises(MetricNotComputed):
+        M.kid_resampled(pool, np.array([1, 1]), np.array([1, 1]))

@@ -12,7 +12,7 @@
 from orchestrator.evaluation.features import (FID_WEIGHTS_FILENAME, Features, domain_features,
                                               find_inception_weights, get_features, inception_features)
 from orchestrator.evaluation.metrics import (MetricNotComputed, class_hit, class_hit_per_class, diversity,
-                                             diversity_per_class, fid, inception_score, kid, kid_spread,
+                                             diversity_per_class, fid, inception_score, kid, kid_resampled, kid_spread,
                                              memorized_share, memorized_share_real, mode_score, mse_ssim, prdc,
                                              shot_distance_ratio, standardise)
 from orchestrator.evaluation.protocol import (EvalResult, evaluate_generator, save_grid, save_result_images,
@@ -22,5 +22,5 @@ from orchestrator.evaluation.stats import CI, PairedCI, bootstrap_ci, paired_dif
 __all__ = ["Features", "get_features", "domain_features", "inception_features", "find_inception_weights",
            "FID_WEIGHTS_FILENAME", "fid", "kid", "diversity", "class_hit", "mse_ssim", "inception_score", "mode_score", "EvalResult",
            "evaluate_generator", "save_grid", "save_result_images", "split_shots", "MetricNotComputed",
-           "class_hit_per_class", "diversity_per_class", "kid_spread", "memorized_share", "memorized_share_real",
+           "class_hit_per_class", "diversity_per_class", "kid_spread", "kid_resampled", "memorized_share", "memorized_share_real",
            "prdc", "shot_distance_ratio", "standardise", "CI", "PairedCI", "bootstrap_ci", "paired_difference_ci"]

@@ -35,6 +35,8 @@ FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 DOMAIN_ARCH_VERSION = "domain-cnn-v1"  # bump when DomainNet or its training recipe changes
 DOMAIN_DIM = 64
 BASE_STATS_MAX_IMAGES = 5000  # base-class images behind the standardisation statistics (seeded, equal per class)
+BASE_STATS_MAX_IMAGES_LARGE = 1000  # the same above 512 dims (Inception: 1000 forward passes at 299x299 on a CPU
+                                    # take minutes; per-dimension mean/std need no more)
 _HELD_OUT_PER_CLASS = 2  # base-class images kept aside to report the classifier's accuracy
 
 
@@ -76,12 +78,13 @@ class Features:
         self.base_classes = [int(c) for c in base_classes] if base_classes is not None else None
         self._base_stats: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
-    def base_statistics(self, ds: Any, classes: list[int] | None = None, *, max_images: int = BASE_STATS_MAX_IMAGES,
+    def base_statistics(self, ds: Any, classes: list[int] | None = None, *, max_images: int | None = None,
                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension mean and standard deviation of these features on real images of ``classes``.
 
         ``classes`` defaults to ``base_classes`` (ValueError if both are None). At most ``max_images``
-        images: an equal, seeded share of each class (``np.random.default_rng([seed, class])``), every
+        images (default ``BASE_STATS_MAX_IMAGES``, or ``BASE_STATS_MAX_IMAGES_LARGE`` above 512
+        dimensions): an equal, seeded share of each class (``np.random.default_rng([seed, class])``), every
         image when they fit. Returns ``(mean, std)``, float64 [dim] each, in feature units; ``std`` is
         floored at 1e-3 x its median over dimensions (a dimension constant on the base classes would
         otherwise divide by 0 and blow up whatever varies there). Computed once per (dataset name,
@@ -89,6 +92,8 @@ class Features:
         Source: ours (issue 12: "features standardised with base-class statistics before FID and KID").
         """
         classes = self.base_classes if classes is None else [int(c) for c in classes]
+        if max_images is None:
+            max_images = BASE_STATS_MAX_IMAGES if self.dim <= 512 else BASE_STATS_MAX_IMAGES_LARGE
         if not classes:
             raise ValueError("base_statistics needs the base classes (none given and none recorded)")
         key = (str(getattr(ds, "name", "")), tuple(classes), int(max_images), int(seed))

@@ -225,6 +225,57 @@ def kid_spread(a: np.ndarray, b: np.ndarray, *, subset_size: int = 1000, n_subse
     return float(np.std(vals, ddof=1))
 
 
+def _mmd2_distinct_sources(pool: np.ndarray, kernel: np.ndarray | None, gi: np.ndarray, ri: np.ndarray) -> float:
+    """Unbiased-style MMD² of two index draws from ``pool``, every pair from one source row excluded."""
+    def term(i: np.ndarray, j: np.ndarray) -> float:
+        k = kernel[np.ix_(i, j)] if kernel is not None else _poly_kernel(pool[i], pool[j])
+        mask = i[:, None] != j[None, :]
+        if not mask.any():
+            raise MetricNotComputed("kid", "every pair of draws comes from one source image")
+        return float(k[mask].mean())
+
+    return term(gi, gi) + term(ri, ri) - 2.0 * term(gi, ri)
+
+
+def kid_resampled(pool: np.ndarray, gen_idx: np.ndarray, ref_idx: np.ndarray, *, subset_size: int = 1000,
+                  n_subsets: int = 100, seed: int = 0) -> tuple[float, float]:
+    """KID and its subset spread for two sets drawn WITH replacement from one pool of real features (ours).
+
+    The ``_real`` floor compares two resamples of the same real images (``pool`` [n, dim]; ``gen_idx``
+    [N_g] and ``ref_idx`` [N_r] row indices into it). Drawn with replacement they share rows, and a
+    repeated row's self-kernel k(x, x) = (|x|²/dim + 1)³ enters the within- and cross-set means of
+    :func:`kid` as an atom that fresh samples of a continuous distribution never produce (seen on
+    2048-d features: a floor 10 subset-spreads away from 0). So every pair of draws that comes from
+    one pool row is left out of all three kernel means: each then averages k over pairs of distinct
+    images, the expectation of every term is the same, and the estimate is ≈ 0 up to the sampling
+    noise (and the finite-sample class-mixture bias) of the method's sample sizes. Returns
+    ``(kid, spread)``: the whole draws when both fit in ``subset_size`` (else the mean over
+    ``n_subsets`` subsets of min(subset_size, N_g, N_r)), and the standard deviation over ``n_subsets``
+    subsets of ``kid_subset_size(N_g, N_r, subset_size)`` as :func:`kid_spread`. Units as :func:`kid`.
+    Raises :class:`MetricNotComputed` for NaN/inf features, fewer than 2 draws per set, or a spread
+    subset below 2.
+    """
+    pool = _features(pool, "kid", min_n=1, what="real pool")
+    gen_idx, ref_idx = np.asarray(gen_idx), np.asarray(ref_idx)
+    if len(gen_idx) < 2 or len(ref_idx) < 2:
+        raise MetricNotComputed("kid", f"draws of {len(gen_idx)} and {len(ref_idx)}: need at least 2 each")
+    kernel = _poly_kernel(pool, pool) if len(pool) <= 4000 else None
+    rng = np.random.default_rng(seed)
+    if len(gen_idx) <= subset_size and len(ref_idx) <= subset_size:
+        value = _mmd2_distinct_sources(pool, kernel, gen_idx, ref_idx)
+    else:
+        m = min(subset_size, len(gen_idx), len(ref_idx))
+        value = float(np.mean([_mmd2_distinct_sources(pool, kernel, rng.choice(gen_idx, m, replace=False),
+                                                      rng.choice(ref_idx, m, replace=False))
+                               for _ in range(n_subsets)]))
+    m = kid_subset_size(len(gen_idx), len(ref_idx), subset_size)
+    if m < 2 or n_subsets < 2:
+        raise MetricNotComputed("kid_std", f"draws of {len(gen_idx)} and {len(ref_idx)}: no subsets of 2 or more")
+    vals = [_mmd2_distinct_sources(pool, kernel, rng.choice(gen_idx, m, replace=False),
+                                   rng.choice(ref_idx, m, replace=False)) for _ in range(n_subsets)]
+    return value, float(np.std(vals, ddof=1))
+
+
 def prdc(real: np.ndarray, fake: np.ndarray, *, k: int = 5) -> dict[str, float]:
     """Precision, recall, density and coverage (Naeem et al., "Reliable Fidelity and Diversity Metrics for
     Generative Models", ICML 2020, eq. 1-4), computed by the authors' ``prdc`` package (clovaai/prdc 0.2).
@@ -242,13 +293,14 @@ def prdc(real: np.ndarray, fake: np.ndarray, *, k: int = 5) -> dict[str, float]:
       only the reals around them. For two samples of one distribution of sizes M and N its expectation
       is 1 - prod_{i=1..k} (N - i) / (N + M - i) (the paper's §4), e.g. ≈ 0.97 for M = N, k = 5.
 
-    Raises :class:`MetricNotComputed` when a set has k samples or fewer (no k-th neighbour besides
-    itself) or NaN/inf values. The package prints a line per call; it is swallowed here.
+    Raises :class:`MetricNotComputed` when a set has fewer than k + 2 samples (a k-th neighbour besides
+    the point itself needs k + 1; the package's k-th value selection, ``argpartition(k + 1)``, needs one
+    more) or NaN/inf values. The package prints a line per call; it is swallowed here.
     """
     from prdc import compute_prdc
 
-    real = _features(real, "prdc", min_n=k + 1, what="real set")
-    fake = _features(fake, "prdc", min_n=k + 1, what="generated set")
+    real = _features(real, "prdc", min_n=k + 2, what="real set")
+    fake = _features(fake, "prdc", min_n=k + 2, what="generated set")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature dims differ: {real.shape} vs {fake.shape}")
     with contextlib.redirect_stdout(io.StringIO()):

@@ -241,8 +241,9 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
       ``fid_{kind}_real``, ``kid_{kind}_real``, ``kid_{kind}_std_real``, ``fid_{kind}_per_class_real``: at the
       method's sample sizes: per class ``n_generate`` images drawn with replacement from the class's reals
       against an independent draw of as many images as the class has reals (the bootstrap's stand-in for
-      a perfect generator's fresh samples vs fresh reals; KID's unbiased estimator is ≈ 0 on it by
-      construction), averaged over ``floor_replicates`` draws;
+      a perfect generator's fresh samples vs fresh reals; KID there leaves out pairs of draws of one image,
+      ``metrics.kid_resampled``, and is ≈ 0 up to the noise of these sizes), averaged over
+      ``floor_replicates`` draws;
       ``memorized_share_real``: each real scored leave-one-out against the other reals (the rule's rate);
       ``precision_{kind}_real`` ...: each class's reals split in two seeded halves, PRDC of one half against
       the other both ways, averaged (sizes: half the class's reals on each side, not the method's);
@@ -469,27 +470,37 @@ def _real_floor(rec: _Record, kind: str, zreal: dict[int, np.ndarray], classes: 
 
     Per replicate r and class c (RNG ``[seed, c, 4, r]``): a "generated" set of ``n_generate`` draws with
     replacement from the class's reals and an independent "real" set of as many draws as the class has
-    reals: two samples of the reals' empirical distribution at the method's sizes. Pooled FID, KID and
-    KID spread, and per-class FID, averaged over ``replicates``. Source: ours (bootstrap principle).
+    reals: two samples of the reals' empirical distribution at the method's sizes (the bootstrap's
+    stand-in for a perfect generator's samples against fresh reals). Pooled FID, per-class FID, and
+    pooled KID with its spread (``metrics.kid_resampled``: pairs of draws of one image left out), each
+    averaged over ``replicates``. Source: ours (bootstrap principle).
     """
-    draws = []
+    offsets = np.cumsum([0] + [len(zreal[c]) for c in classes])
+    pool = np.concatenate([zreal[c] for c in classes])
+    draws = []  # per replicate: {class: (generated row indices, reference row indices)} into pool
     for r in range(max(1, int(replicates))):
-        gen_b, ref_b = {}, {}
-        for c in classes:
+        idx = {}
+        for i, c in enumerate(classes):
             rng = np.random.default_rng([seed, int(c), 4, r])
             n = len(zreal[c])
-            gen_b[c] = zreal[c][rng.integers(0, n, n_generate)]
-            ref_b[c] = zreal[c][rng.integers(0, n, n)]
-        draws.append((gen_b, ref_b))
+            idx[c] = (offsets[i] + rng.integers(0, n, n_generate), offsets[i] + rng.integers(0, n, n))
+        draws.append(idx)
 
-    def pooled(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[], float]:
-        return lambda: float(np.mean([fn(np.concatenate([g[c] for c in classes]), np.concatenate([f[c] for c in classes]))
-                                      for g, f in draws]))
+    def both(idx: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.concatenate([idx[c][0] for c in classes]), np.concatenate([idx[c][1] for c in classes]))
 
-    rec.put(f"fid_{kind}_real", pooled(M.fid))
-    rec.put(f"kid_{kind}_real", pooled(M.kid))
-    rec.put(f"kid_{kind}_std_real", pooled(lambda a, b: M.kid_spread(a, b, n_subsets=kid_subsets)))
-    rec.put_per_class(f"fid_{kind}_per_class_real", lambda c: float(np.mean([M.fid(g[c], f[c]) for g, f in draws])))
+    rec.put(f"fid_{kind}_real", lambda: float(np.mean([M.fid(pool[g], pool[f]) for g, f in map(both, draws)])))
+    kids: list[tuple[float, float]] = []
+    try:
+        kids = [M.kid_resampled(pool, g, f, n_subsets=kid_subsets, seed=seed) for g, f in map(both, draws)]
+    except M.MetricNotComputed as err:
+        rec.fail(f"kid_{kind}_real", err.reason)
+        rec.fail(f"kid_{kind}_std_real", err.reason)
+    if kids:
+        rec.put(f"kid_{kind}_real", lambda: float(np.mean([v for v, _ in kids])))
+        rec.put(f"kid_{kind}_std_real", lambda: float(np.mean([s for _, s in kids])))
+    rec.put_per_class(f"fid_{kind}_per_class_real",
+                      lambda c: float(np.mean([M.fid(pool[idx[c][0]], pool[idx[c][1]]) for idx in draws])))
 
 
 def save_grid(tensor: torch.Tensor, path: Path | str, nrow: int) -> Path:
