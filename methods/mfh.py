@@ -239,6 +239,7 @@ class MFHSampler:
 @register
 class MFH(Method):
     name = "mfh"
+    supports_interpolation = True  # generate --interpolate (Fig. 10)
     default_config = {
         "shots": 1,  # images per training task and shots at evaluation (one-shot, as the paper)
         "memory_size": 50,  # n slots in M (paper: 50)

@@ -24,7 +24,7 @@ HARNESS_DEFAULTS: dict[str, Any] = {
     "budget_minutes": 0.0,
     "log_every": 10,  # progress line + tasks/s; losses go to MLflow every step
     "eval_every": 100,  # validation-class evaluation + checkpoint, in meta-steps
-    "val_generate": 64,  # images per validation class at checkpoint selection
+    "val_generate": 96,  # images per validation class at checkpoint selection (FID needs more than its 64 feature dims)
     "n_generate": 128,  # images per novel class in the final evaluation
     "eval_seed": 0,
     "select_metric": "val_fid_domain",  # chosen on validation classes; class_hit: higher is better; "last": latest

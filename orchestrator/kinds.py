@@ -80,6 +80,10 @@ class Kind:
     def aids(self, cfg: dict[str, Any], ds, split, method, inception_weights: str | None = None) -> Aids:
         raise NotImplementedError
 
+    def tags(self, cfg: dict[str, Any], aids: Aids) -> dict[str, str]:
+        """Extra MLflow tags of a run of this kind."""
+        return {}
+
     def batch(self, method, sampler, step: int, indices: range, cfg: dict[str, Any], val_aid) -> list:
         """This worker's tasks or episodes of meta-step ``step`` (indices into the step's global batch)."""
         raise NotImplementedError
@@ -168,6 +172,9 @@ class ClassifierKind(Kind):
         store = val_aid if method.wants_generated(training=True) else None
         return [with_generated(sampler.episode(step, i, int(cfg["n_way"]), int(cfg["shots"]), int(cfg["queries"])),
                                store, int(cfg["n_aug"])) for i in indices]
+
+    def tags(self, cfg, aids) -> dict[str, str]:
+        return {"task": "classification", "generated_source": aids.description, "backbone": str(cfg["backbone"])}
 
     def images_per_item(self, cfg) -> int:
         return int(cfg["n_way"]) * (int(cfg["shots"]) + int(cfg["queries"]))

@@ -162,7 +162,7 @@ def open_run(uri: str, experiment: str, name: str, prep: Prepared, tags: dict[st
     run_id = tracking.start_run(uri, experiment, name, cfg, {
         "method": prep.method, "dataset": cfg["dataset"], "split_seed": str(split.seed), "seed": str(cfg["seed"]),
         "eval_seed": str(cfg["eval_seed"]), "kind": prep.kind.name, "features": prep.aids.description,
-        "command": command_line(), **tags}, parent_run_id=parent_run_id)
+        "command": command_line(), **prep.kind.tags(cfg, prep.aids), **tags}, parent_run_id=parent_run_id)
     tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
     tracking.log_dict(uri, run_id, {"method": prep.method, "config": cfg}, "config.json")
     return run_id

@@ -56,7 +56,7 @@ def record_checkpoint_dir(uri: str, run_id: str, directory: Path, after: int) ->
         tracking.log_file(uri, run_id, png, "samples")
     if history.get("nodes"):
         nodes = history["nodes"]
-        tracking.set_tags(uri, run_id, {"worker_nodes": ",".join(f"{n['rank']}:{n['node_ip']}" for n in nodes),
+        tracking.set_tags(uri, run_id, {"worker_nodes": ",".join(f"{n['rank']}:{n['node_ip']}:{n['pid']}" for n in nodes),
                                         "threads_train": str(history.get("threads", ""))})
     return step
 

@@ -491,7 +491,7 @@ def test_bad_options_are_one_line_value_errors():
 
 # ------------------------------------------------------------------ end to end through the CLI
 FAST = ["--set", "width=4", "--set", "memory_size=6", "--set", "ci_dim=8", "--set", "cr_dim=8",
-        "--set", "addresser_hidden=16", "--set", "val_generate=8", "--set", "n_generate=8",
+        "--set", "addresser_hidden=16", "--set", "val_generate=72", "--set", "n_generate=40",
         "--set", "eval_every=2", "--set", "select_metric=last"]
 
 

@@ -304,7 +304,7 @@ def test_cli_train_goes_through_both_phases_and_reports_mode_score(tmp_path, ray
     code = main(["train", "mtgan", "--steps", "3", "--tracking-uri", uri, "--json",
                  "--set", "pretrain_steps=2", "--set", "width=4", "--set", "n_way=2", "--set", "tasks_per_worker=2",
                  "--set", "inner_steps=2", "--set", "adapt_steps=2", "--set", "eval_every=2",
-                 "--set", "val_generate=8", "--set", "n_generate=16", "--set", "select_metric=last"])
+                 "--set", "val_generate=72", "--set", "n_generate=40", "--set", "select_metric=last"])
     assert code == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     client = tracking.client(uri)

@@ -23,10 +23,10 @@ metric: val_fid_domain
 mode: min
 params:
   inner_lr:    {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
-  outer_lr:    {distribution: loguniform, low: 1.0e-5, high: 1.0e-3}
+  meta_lr:     {distribution: loguniform, low: 1.0e-5, high: 1.0e-3}
   inner_steps: {distribution: int, low: 2, high: 3}
   gp_weight:   {distribution: uniform, low: 1.0, high: 20.0}
-fixed: {width: 8, eval_every: 2, val_generate: 8, n_generate: 8, adapt_steps: 2}
+fixed: {width: 8, eval_every: 2, val_generate: 72, n_generate: 40, adapt_steps: 2}
 """
 
 
@@ -99,11 +99,11 @@ def test_figr_space_maps_to_optuna_distributions():
     from ray.tune.search.optuna import OptunaSearch
 
     space = search_space.load(search_space.default_path("figr"), FIGR)
-    assert set(space.params) == {"inner_lr", "outer_lr", "inner_steps", "gp_weight"}
+    assert set(space.params) == {"inner_lr", "meta_lr", "inner_steps", "gp_weight"}
     assert (space.metric, space.mode) == ("val_fid_domain", "min")
     dists = dict(OptunaSearch.convert_search_space(space.to_tune()))
     assert dists["inner_lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
-    assert dists["outer_lr"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
+    assert dists["meta_lr"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
     assert dists["inner_steps"] == optuna.distributions.IntDistribution(3, 10)  # inclusive, as written
     assert dists["gp_weight"] == optuna.distributions.FloatDistribution(1.0, 20.0)
     choice = search_space.parse({"metric": "val_fid_domain", "params": {
@@ -176,7 +176,7 @@ def test_tiny_sweep_is_one_parent_with_two_finished_children(store, tmp_path, ca
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["trials_completed"] == 2 and out["sweep_name"].startswith("sweep-figr-")
-    assert set(out["best_config"]) == {"inner_lr", "outer_lr", "inner_steps", "gp_weight"}
+    assert set(out["best_config"]) == {"inner_lr", "meta_lr", "inner_steps", "gp_weight"}
     assert out["best_metric"] > 0
 
     c = tracking.client(store)

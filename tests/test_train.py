@@ -16,7 +16,7 @@ from orchestrator import pipeline, tracking
 from orchestrator.cli import _dispatch, main, parser
 
 # Small but real: FIGR's DCGAN net at width 8 on the bundled digits.
-FAST = ["--set", "width=8", "--set", "val_generate=8", "--set", "n_generate=24",
+FAST = ["--set", "width=8", "--set", "val_generate=72", "--set", "n_generate=40",
         "--set", "eval_every=2", "--set", "select_metric=last", "--set", "inner_steps=3", "--set", "adapt_steps=3"]
 
 
@@ -105,7 +105,7 @@ def test_resume_continues_from_checkpoint(store, capsys, one_worker):
 
 
 def test_evaluate_is_a_seeded_child_run(store, capsys, one_worker):
-    code = main(["evaluate", one_worker["run_id"], "--eval-seed", "1", "--n-generate", "24",
+    code = main(["evaluate", one_worker["run_id"], "--eval-seed", "1", "--n-generate", "40",
                  "--tracking-uri", store, "--json"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and out["eval_seed"] == 1

@@ -225,8 +225,8 @@ def test_cli_train_infogan_reports_the_protocol_and_mode_score(tmp_path, ray_loc
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["train", "transfer", "--steps", "2", "--tracking-uri", uri, "--json",
                  "--set", "arch=infogan", "--set", "width=4", "--set", "adapt_steps=2", "--set", "augment_to=16",
-                 "--set", "finetune_batch=8", "--set", "eval_every=2", "--set", "val_generate=8",
-                 "--set", "n_generate=16", "--set", "select_metric=last"])
+                 "--set", "finetune_batch=8", "--set", "eval_every=2", "--set", "val_generate=72",
+                 "--set", "n_generate=40", "--set", "select_metric=last"])
     assert code == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     metrics = tracking.get_run(uri, out["run_id"]).data.metrics

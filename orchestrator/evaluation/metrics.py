@@ -39,6 +39,9 @@ class MetricNotComputed(ValueError):
         self.metric = metric
         self.reason = reason
 
+    def __reduce__(self):  # picklable across Ray processes (the default would call __init__ with one argument)
+        return type(self), (self.metric, self.reason)
+
 
 def _features(x: np.ndarray, metric: str, *, min_n: int = 1, what: str = "set") -> np.ndarray:
     """``x`` as float64 [N, dim], checked: 2-d, at least ``min_n`` rows, every value finite."""
