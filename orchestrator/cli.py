@@ -12,9 +12,24 @@ from pathlib import Path
 from orchestrator.errors import UserError
 
 
+PROG = "python -m orchestrator"
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the usage too)
-        raise UserError(f"{message} (see python -m orchestrator {self.prog.split()[-1]} --help)")
+    """One line and exit 2 instead of argparse's usage block; the hint names the command's own --help."""
+
+    def error(self, message: str) -> None:  # ``self.prog`` is "python -m orchestrator [COMMAND]"
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        # argparse reports arguments no parser took from the top-level parser, whose prog has no command:
+        # name the command that was being parsed, so the hint is `python -m orchestrator train --help`.
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(ns, "command", None)
+            raise UserError(f"unrecognized arguments: {' '.join(extras)} "
+                            f"(see {self.prog}{' ' + command if command else ''} --help)")
+        return ns
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -24,7 +39,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="orchestrator", description="Few-shot image generation experiments on Ray, tracked in MLflow.")
+    ap = _Parser(prog=PROG, description="Few-shot image generation experiments on Ray, tracked in MLflow.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="meta-train a method under Ray Train, then evaluate it on novel classes")

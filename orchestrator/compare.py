@@ -232,6 +232,9 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     except MlflowException as err:  # e.g. a tracking server that is down or refuses the request
         raise UserError(f"cannot read MLflow at {uri} ({str(err).splitlines()[0][:200]}): check --tracking-uri "
                         f"and that the server is up (mlflow server / the tunnel in docs/scale_out.md)") from None
+    if not runs:
+        raise UserError(f"{source} has no runs yet: train or sweep into it first (train --experiment NAME), or "
+                        f"pass --experiment with an experiment that holds runs")
     kept, skipped = _select(runs, metric)
     if not kept:
         present = sorted({k for r in runs if r.info.status == "FINISHED" for k in r.data.metrics

@@ -55,8 +55,9 @@ def parse_value(key: str, raw: str, default: Any) -> Any:
                 return raw
         except ValueError:
             pass
-    kind = type(default).__name__
-    raise UserError(f"--set {key}={raw}: expected a {kind} (like {key}={default!r}); fix the value")
+    kind = {"int": "an int", "float": "a float", "bool": "a bool (true/false)", "str": "a str"}.get(
+        type(default).__name__, f"a {type(default).__name__}")
+    raise UserError(f"--set {key}={raw}: expected {kind} (like {key}={default!r}); fix the value")
 
 
 def apply_overrides(config: dict[str, Any], sets: list[str]) -> dict[str, Any]:
@@ -70,8 +71,11 @@ def apply_overrides(config: dict[str, Any], sets: list[str]) -> dict[str, Any]:
         if key in RENAMED and key not in out:
             raise UserError(f"--set {key}: renamed; use --set {RENAMED[key]}={raw}")
         if key not in out:
-            near = ", ".join(sorted(out))
-            raise UserError(f"--set {key}: unknown config key; valid keys are: {near}")
+            import difflib
+
+            close = difflib.get_close_matches(key, list(out), n=1)
+            hint = f"did you mean --set {close[0]}={raw}? " if close else ""
+            raise UserError(f"--set {key}: unknown config key; {hint}valid keys are: {', '.join(sorted(out))}")
         if len(raw) > MAX_VALUE_CHARS:
             raise UserError(f"--set {key}=...: the value is {len(raw)} characters, over MLflow's parameter limit of "
                             f"{MAX_VALUE_CHARS}; pass a shorter value (e.g. a path to a file holding it)")
