@@ -148,5 +148,102 @@ def main() -> None:
     print(json.dumps(out))
 
 
+# ---------------------------------------------------------------------------------------------------
+# Task batching (issue 14, item 4): sequential vs batched inner loops on one device. Independent of Ray.
+# ---------------------------------------------------------------------------------------------------
+def _figr_tasks(count: int, shots: int, image_shape: tuple[int, int, int], seed: int) -> list:
+    """``count`` tasks of ``shots`` random images in [-1, 1] (throughput does not depend on the pixels)."""
+    from methods.base import Task
+
+    g = torch.Generator().manual_seed(seed)
+    return [Task(torch.rand(shots, *image_shape, generator=g) * 2 - 1, label=i, seed=seed + i) for i in range(count)]
+
+
+def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1, 4, 8, 16, 32), repeats: int = 3,
+                    width: int = 16, threads: int | None = 1, inner_steps: int = 10) -> dict:
+    """FIGR meta-training tasks/s, sequential (``task_batch=1``) vs batched (``task_batch=T``), at each T.
+
+    Config: FIGR's defaults (dcgan, ``width``, z_dim 100, n=4 shots, K=``inner_steps``, SGD inner steps)
+    on 32x32 single-channel random images. For each T, one meta-step of T tasks per measurement: a
+    warm-up step of each path, then ``repeats`` rounds that time one sequential and one batched step
+    back to back (interleaved, so a change in the machine's load hits both alike); the median round
+    is reported. T=1 is the sequential loop itself (the batched path at T=1 is not a configuration:
+    ``task_batch=1`` means sequential), so its speedup is 1 by definition.
+
+    ``threads``: torch threads on the CPU (1, as the rest of this benchmark gives each worker; None
+    leaves torch's default). Besides wall-clock tasks/s it records process CPU-seconds per task,
+    which a shared machine disturbs less. Returns a JSON-ready dict including ``batched_speedup_t8``.
+    """
+    import statistics
+
+    from methods.figr import FIGR
+
+    device = torch.device(device)
+    if device.type == "cpu" and threads is not None:
+        torch.set_num_threads(int(threads))
+
+    def timed(method, tasks) -> tuple[float, float]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        w, c = time.perf_counter(), time.process_time()
+        method.meta_train_step(tasks)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - w, time.process_time() - c
+
+    shape = (1, 32, 32)
+    base = {"width": int(width), "inner_steps": int(inner_steps), "shots": 4}
+    rows: dict[str, dict] = {}
+    for T in ts:
+        tasks = _figr_tasks(int(T), 4, shape, seed=1000 * int(T))
+        seq = FIGR({**base, "task_batch": 1}, shape, device)
+        bat = FIGR({**base, "task_batch": int(T)}, shape, device) if T > 1 else None
+        timed(seq, tasks)
+        if bat is not None:
+            timed(bat, tasks)
+        s_runs, b_runs = [], []
+        for _ in range(int(repeats)):
+            s_runs.append(timed(seq, tasks))
+            if bat is not None:
+                b_runs.append(timed(bat, tasks))
+        s_wall, s_cpu = statistics.median(r[0] for r in s_runs), statistics.median(r[1] for r in s_runs)
+        b_wall, b_cpu = (statistics.median(r[0] for r in b_runs), statistics.median(r[1] for r in b_runs)) if b_runs else (s_wall, s_cpu)
+        rows[str(T)] = {
+            "sequential_tasks_per_s": T / s_wall, "batched_tasks_per_s": T / b_wall, "speedup": s_wall / b_wall,
+            "sequential_cpu_s_per_task": s_cpu / T, "batched_cpu_s_per_task": b_cpu / T, "cpu_speedup": s_cpu / b_cpu,
+        }
+        print(f"  T={T:>2}: sequential {T / s_wall:.3f} tasks/s, batched {T / b_wall:.3f} tasks/s, "
+              f"x{s_wall / b_wall:.2f} (CPU time x{s_cpu / b_cpu:.2f})", file=sys.stderr, flush=True)
+    out = {
+        "section": "batched", "device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "config": {"method": "figr", "arch": "dcgan", **base, "image_shape": list(shape), "inner_optimizer": "sgd"},
+        "repeats": int(repeats), "by_t": rows,
+    }
+    if "8" in rows:
+        out["batched_speedup_t8"] = rows["8"]["speedup"]
+        out["batched_cpu_speedup_t8"] = rows["8"]["cpu_speedup"]
+    return out
+
+
+def batched_main(argv: list[str]) -> None:
+    """``--batched-only``: run just ``batched_section`` and print its result as one JSON line."""
+    ap = argparse.ArgumentParser(description="FIGR task batching: sequential vs batched tasks/s")
+    ap.add_argument("--batched-only", action="store_true", required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--ts", default="1,4,8,16,32", help="task batch sizes T, comma-separated")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--inner-steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (0: torch's default)")
+    args = ap.parse_args(argv)
+    ts = tuple(int(t) for t in args.ts.split(",") if t)
+    out = batched_section(args.device, ts, args.repeats, width=args.width, threads=args.threads or None,
+                          inner_steps=args.inner_steps)
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
-    main()
+    if "--batched-only" in sys.argv[1:]:
+        batched_main(sys.argv[1:])
+    else:
+        main()

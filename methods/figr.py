@@ -43,17 +43,25 @@ the worker-average of the updates from [t0, t1] and [t2, t3]. Initial weights de
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from methods import register
 from methods.base import GradSync, Method, Task, no_sync
-from methods.nets import ARCHS, build_nets, check_image_shape
+from methods.nets import ARCHS, batched_critic, batched_generator, build_nets, check_image_shape, stack_params
 
 INNER_OPTIMIZERS = ("sgd", "adam")
+INNER_ADAM_BETAS = (0.0, 0.999)  # the inner Adam (fresh per task), as in the sequential loop
+INNER_ADAM_EPS = 1e-8  # torch.optim.Adam's default
 SAMPLE_CHUNK = 256
+# torch.compile backend of ``compile=true``. Inductor generates C++ for the CPU (needs a compiler) or
+# Triton for CUDA; tests switch to "aot_eager" (the same Dynamo graph capture and AOTAutograd, no code
+# generation), because a cold Inductor compile of the step takes minutes on a 2-core CPU.
+COMPILE_BACKEND = "inductor"
+
+Params = dict[str, torch.Tensor]  # {parameter name: [T, *shape]} -- T stacked per-task copies (ours)
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -65,6 +73,78 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, 
     x = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def _batched_step(G: nn.Module, D: nn.Module, PG: Params, PD: Params, adam: tuple[Params, Params, Params, Params] | None,
+                  real: torch.Tensor, zc: torch.Tensor, eps: torch.Tensor, zg: torch.Tensor, bc2_sqrt: torch.Tensor,
+                  gp_weight: float, lr: float) -> tuple[Params, Params, tuple[Params, Params, Params, Params] | None, torch.Tensor]:
+    """One inner iteration (critic step, then generator step) of T tasks at once, as a pure function (ours).
+
+    The sequential loop's ``_inner_loop`` step on T stacked copies: the same losses per task, the same
+    draws, summed over tasks before differentiating (no op mixes tasks, so task t's gradient is its own).
+    Written with ``torch.func.grad`` (nested for the penalty's input gradient) rather than
+    ``torch.autograd.grad`` so that ``torch.compile`` can trace the whole step into one graph
+    (AOTAutograd refuses double backward through a compiled module; eager speed of the two is the same).
+
+    Shapes (float32, all on one device): ``PG``/``PD`` {name: [T, *shape]}; ``real`` [n, T*C, H, W] (task t's
+    images in channels t*C..); ``zc``, ``zg`` [n, T, z_dim] (critic's and generator's z); ``eps`` [n, T]
+    (interpolation weights); ``bc2_sqrt`` 0-dim, sqrt(1 - beta2**k) of the inner Adam at this step k.
+    ``adam``: None for SGD, else (m_G, v_G, m_D, v_D) moment stacks. Returns the updated (PG, PD, adam) and
+    stats [4, T] = (d_loss, g_loss, gp, wdist) per task.
+    """
+    from torch.func import grad
+
+    n, T = zc.shape[0], zc.shape[1]
+    real5 = real.view(n, T, -1, *real.shape[2:])  # [n, T, C, H, W]
+    with torch.no_grad():
+        fake = batched_generator(G, PG, zc)  # [n, T*C, H, W]
+    fake5 = fake.view(real5.shape)
+    e = eps.view(n, T, 1, 1, 1)
+    x = (e * real5 + (1 - e) * fake5).view(real.shape)  # per-sample interpolates for the penalty
+
+    def d_loss(pd: Params) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        scores = batched_critic(D, pd, torch.cat([real, fake]))  # [2n, T]
+        wdist = scores[:n].mean(0) - scores[n:].mean(0)  # [T]
+        gx = grad(lambda xx: batched_critic(D, pd, xx).sum())(x)  # [n, T*C, H, W]: d critic_t / d x_i
+        gp = ((gx.reshape(n, T, -1).norm(2, dim=2) - 1) ** 2).mean(0)  # [T]: norm per sample over C x H x W
+        loss = -wdist + gp_weight * gp
+        return loss.sum(), (loss, gp, wdist)
+
+    gd, (dl, gp, wdist) = grad(d_loss, has_aux=True)(PD)
+    mG = vG = mD = vD = None
+    if adam is not None:
+        mG, vG, mD, vD = adam
+    PD, mD, vD = _inner_update(PD, gd, mD, vD, bc2_sqrt, lr)
+
+    def g_loss(pg: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = -batched_critic(D, PD, batched_generator(G, pg, zg)).mean(0)  # [T], through the updated critic
+        return loss.sum(), loss
+
+    gg, gl = grad(g_loss, has_aux=True)(PG)
+    PG, mG, vG = _inner_update(PG, gg, mG, vG, bc2_sqrt, lr)
+    stats = torch.stack([dl, gl, gp, wdist]).detach()
+    return PG, PD, (None if adam is None else (mG, vG, mD, vD)), stats
+
+
+def _inner_update(P: Params, grads: Params, m: Params | None, v: Params | None, bc2_sqrt: torch.Tensor,
+                  lr: float) -> tuple[Params, Params | None, Params | None]:
+    """SGD (``m is None``) or the inner Adam's step on stacked parameters (ours).
+
+    Adam replays torch.optim.Adam's single-tensor CPU update op for op (betas INNER_ADAM_BETAS, so the
+    bias correction of the first moment is 1 and the step size is ``lr``), so the batched path matches
+    a fresh ``torch.optim.Adam`` per task.
+    """
+    if m is None or v is None:
+        return {k: torch.add(P[k], grads[k], alpha=-lr) for k in P}, None, None
+    beta1, beta2 = INNER_ADAM_BETAS
+    new_p, new_m, new_v = {}, {}, {}
+    for k in P:
+        g = grads[k]
+        new_m[k] = torch.lerp(m[k], g, 1 - beta1)
+        new_v[k] = torch.addcmul(v[k] * beta2, g, g, value=1 - beta2)
+        denom = (new_v[k].sqrt() / bc2_sqrt).add_(INNER_ADAM_EPS)
+        new_p[k] = torch.addcdiv(P[k], new_m[k], denom, value=-lr)
+    return new_p, new_m, new_v
 
 
 class FIGRSampler:
@@ -101,6 +181,8 @@ class FIGR(Method):
         "gp_weight": 10.0,
         "adapt_steps": 10,  # inner iterations at test-time adaptation (Algorithm 2)
         "init_seed": 0,
+        "task_batch": 1,  # T: tasks of a meta-step run as one batched computation (1: one after another)
+        "compile": False,  # torch.compile the inner step (the batched functional step, also at T=1)
     }
     variant_keys = ("arch",)  # the public code's DCGAN-style net or the paper's ResNet
 
@@ -123,6 +205,14 @@ class FIGR(Method):
         self.gp_weight = float(cfg["gp_weight"])
         if self.inner_steps < 1 or self.adapt_steps < 0:
             raise ValueError(f"figr: inner_steps must be >= 1 and adapt_steps >= 0, got {self.inner_steps}, {self.adapt_steps}")
+        task_batch = cfg["task_batch"]
+        if isinstance(task_batch, bool) or not isinstance(task_batch, int) or task_batch < 1:
+            raise ValueError(f"figr: task_batch must be an integer >= 1 (1: tasks one after another), got {task_batch!r}")
+        self.task_batch = int(task_batch)
+        if not isinstance(cfg["compile"], bool):
+            raise ValueError(f"figr: compile must be true or false, got {cfg['compile']!r}")
+        self.compile = bool(cfg["compile"])
+        self._compiled: Callable[..., Any] | None = None  # built on first use (torch.compile of _batched_step)
 
         with torch.random.fork_rng(devices=[]):  # built on the CPU from init_seed alone
             torch.manual_seed(int(cfg["init_seed"]))
@@ -139,7 +229,7 @@ class FIGR(Method):
         images = torch.as_tensor(images)
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape or images.shape[0] < 1:
             raise ValueError(f"figr: expected images [n>=1, {', '.join(map(str, self.image_shape))}], got {tuple(images.shape)}")
-        return images.to(self.device, torch.float32)
+        return images.to(self.device, torch.get_default_dtype())  # float32 unless a test sets float64
 
     def _inner_loop(self, G: nn.Module, D: nn.Module, real: torch.Tensor, gen: torch.Generator, steps: int) -> dict[str, torch.Tensor]:
         """``steps`` x (one critic step on WGAN-GP, one generator step on -mean D(G(z))) on G, D in place."""
@@ -179,6 +269,55 @@ class FIGR(Method):
                 totals[k] += v.detach()
         return totals
 
+    def _step_fn(self) -> Callable[..., Any]:
+        """``_batched_step``, compiled once with torch.compile when ``compile`` is set."""
+        if not self.compile:
+            return _batched_step
+        if self._compiled is None:
+            # fullgraph: a graph break would silently leave pieces eager; dynamic=False: one graph per
+            # (T, n) shape -- a meta-step sees at most two (full chunks and the remainder).
+            self._compiled = torch.compile(_batched_step, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
+        return self._compiled
+
+    def _batched_inner_loop(self, reals: list[torch.Tensor], seeds: list[int], steps: int) -> tuple[Params, Params, dict[str, torch.Tensor]]:
+        """``steps`` inner iterations of T = len(reals) tasks at once, each from Phi (ours).
+
+        ``reals``: T tensors [n, C, H, W] float32 on the device (the same n); ``seeds``: each task's seed,
+        drawn from exactly as the sequential loop draws (per step: z for the critic, eps, z for the
+        generator, from the task's own generator). Returns the final stacks W (PG, PD) {name: [T, *shape]}
+        and the losses summed over tasks and steps.
+        """
+        T, (n, dev) = len(reals), (reals[0].shape[0], self.device)
+        real = torch.stack(reals, 1).flatten(1, 2)  # [n, T*C, H, W]
+        gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+        PG, PD = stack_params(self.G, T), stack_params(self.D, T)
+        adam = None
+        if self.inner_optimizer == "adam":
+            adam = tuple({k: torch.zeros_like(p) for k, p in P.items()} for P in (PG, PG, PD, PD))
+        step_fn = self._step_fn()
+        stats = torch.zeros(4, device=dev)
+        for k in range(1, steps + 1):
+            zc, eps, zg = [], [], []
+            for gen in gens:  # per task, in the sequential loop's order
+                zc.append(torch.randn(n, self.z_dim, generator=gen, device=dev))
+                eps.append(torch.rand(n, generator=gen, device=dev))
+                zg.append(torch.randn(n, self.z_dim, generator=gen, device=dev))
+            bc2_sqrt = torch.tensor((1 - INNER_ADAM_BETAS[1] ** k) ** 0.5, device=dev)
+            PG, PD, adam, st = step_fn(self.G, self.D, PG, PD, adam, real, torch.stack(zc, 1), torch.stack(eps, 1),
+                                       torch.stack(zg, 1), bc2_sqrt, self.gp_weight, self.inner_lr)
+            stats += st.sum(1)
+        return PG, PD, dict(zip(("d_loss", "g_loss", "gp", "wdist"), stats))
+
+    def _chunks(self, tasks: list[Task]) -> list[list[tuple[torch.Tensor, int]]]:
+        """Consecutive runs of at most ``task_batch`` tasks with the same number of images: (images, seed)."""
+        chunks: list[list[tuple[torch.Tensor, int]]] = []
+        for task in tasks:
+            real = self._images(task.images)
+            if not chunks or len(chunks[-1]) == self.task_batch or chunks[-1][0][0].shape[0] != real.shape[0]:
+                chunks.append([])
+            chunks[-1].append((real, int(task.seed)))
+        return chunks
+
     def _fast_nets(self) -> tuple[nn.Module, nn.Module]:
         if self._fast is None:
             self._fast = (copy.deepcopy(self.G), copy.deepcopy(self.D))
@@ -194,15 +333,26 @@ class FIGR(Method):
         phi = self.parameters()
         acc = [torch.zeros_like(p, dtype=torch.float64) for p in phi]
         totals: dict[str, torch.Tensor] = {}
-        for task in tasks:
-            real = self._images(task.images)
-            G, D = self._fast_nets()  # W starts at Phi
-            gen = torch.Generator(device=self.device).manual_seed(int(task.seed))
-            for k, v in self._inner_loop(G, D, real, gen, self.inner_steps).items():
-                totals[k] = totals.get(k, 0) + v
-            with torch.no_grad():
-                for a, p, w in zip(acc, phi, list(G.parameters()) + list(D.parameters())):
-                    a.add_(p.double()).sub_(w.double())
+        if self.task_batch == 1 and not self.compile:  # the sequential loop
+            for task in tasks:
+                real = self._images(task.images)
+                G, D = self._fast_nets()  # W starts at Phi
+                gen = torch.Generator(device=self.device).manual_seed(int(task.seed))
+                for k, v in self._inner_loop(G, D, real, gen, self.inner_steps).items():
+                    totals[k] = totals.get(k, 0) + v
+                with torch.no_grad():
+                    for a, p, w in zip(acc, phi, list(G.parameters()) + list(D.parameters())):
+                        a.add_(p.double()).sub_(w.double())
+        else:  # T tasks at a time as one computation (and/or the compiled step)
+            names = [k for k, _ in self.G.named_parameters()] + [k for k, _ in self.D.named_parameters()]
+            for chunk in self._chunks(tasks):
+                PG, PD, part = self._batched_inner_loop([r for r, _ in chunk], [s for _, s in chunk], self.inner_steps)
+                for k, v in part.items():
+                    totals[k] = totals.get(k, 0) + v
+                stacks = [PG[k] for k in names[: len(PG)]] + [PD[k] for k in names[len(PG):]]
+                with torch.no_grad():
+                    for a, p, w in zip(acc, phi, stacks):  # sum over the chunk's tasks of Phi - W_t, in float64
+                        a.add_((p.double().unsqueeze(0) - w.double()).sum(0))
         with torch.no_grad():
             for p, a in zip(phi, acc):
                 p.grad = a.div_(len(tasks)).to(p.dtype)
@@ -224,7 +374,12 @@ class FIGR(Method):
         if steps < 0:
             raise ValueError(f"figr: adapt steps must be >= 0, got {steps}")
         G, D = copy.deepcopy(self.G), copy.deepcopy(self.D)
-        if steps:
+        if steps and self.compile:  # the compiled step, on one task
+            PG, _, _ = self._batched_inner_loop([self._images(shots)], [int(seed)], steps)
+            with torch.no_grad():
+                for k, p in G.named_parameters():
+                    p.copy_(PG[k][0])
+        elif steps:
             gen = torch.Generator(device=self.device).manual_seed(int(seed))
             self._inner_loop(G, D, self._images(shots), gen, steps)
         del D
