@@ -112,10 +112,10 @@ class GeneratorKind(Kind):
     name, unit, figure, val_figures = "generator", "tasks", "novel_samples.png", True
 
     def check(self, cfg, ds, split, method) -> None:
-        from orchestrator.data import check_class_sizes
+        from orchestrator.data import check_class_sizes, min_eval_images
 
         check_class_sizes(ds, split.base, task_images(cfg), "meta-training tasks (shots + queries)")
-        check_class_sizes(ds, split.val + split.novel, int(cfg["shots"]) + 2,
+        check_class_sizes(ds, split.val + split.novel, min_eval_images(int(cfg["shots"])),
                           "evaluation (the shots + at least two real images for FID)")
 
     def aids(self, cfg, ds, split, method, inception_weights=None) -> Aids:

@@ -169,12 +169,15 @@ def open_run(uri: str, experiment: str, name: str, prep: Prepared, tags: dict[st
 
 
 def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storage: str, scale: Scale,
-                     callbacks: list | None = None, after: int = 0) -> dict[str, Any]:
+                     callbacks: list | None = None, after: int = 0, on_failure: str = "FAILED") -> dict[str, Any]:
     """Fit under Ray Train with the ``Recorder``, select on validation, evaluate on novel classes, record, end.
 
-    The run ends FINISHED, or FAILED when anything raises (the error propagates). Returns the JSON line's dict.
+    The run ends FINISHED, or ``on_failure`` when anything raises (the error propagates; a resumed FINISHED
+    run keeps FINISHED and its earlier record). A deterministic failure a worker reported (divergence, bad
+    data found late) is a ``UserError`` naming it, raised without any retry. Returns the JSON line's dict.
     """
     from orchestrator.loop import best_checkpoint, fit
+    from orchestrator.settings import FATAL
     from orchestrator.recorder import Recorder
 
     cfg = prep.cfg
@@ -185,6 +188,9 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
                      callbacks=[Recorder(uri, run_id, after), *(callbacks or [])])
         if result.error is not None:
             raise result.error
+        fatal = tracking.get_run(uri, run_id).data.tags.get(FATAL)  # set by the Recorder from the workers' report
+        if fatal:
+            raise UserError(f"run {run_id}: {fatal}")
         checkpoint, chosen = best_checkpoint(result, cfg["select_metric"])
         if checkpoint is None:
             raise UserError(f"run {run_id} produced no checkpoint: the budget ended before the first step")
@@ -199,7 +205,7 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         tracking.set_tags(uri, run_id, {"selected_step": str(int(saved["step"]))})
         tracking.end_run(uri, run_id, "FINISHED")
     except BaseException:
-        _end_quietly(uri, run_id, "FAILED")
+        _end_quietly(uri, run_id, on_failure)
         raise
     budget = {k: float(v) for k, v in (result.metrics or {}).items()
               if k in ("meta_steps", "tasks_seen", "images_seen", "train_seconds", "eval_seconds")}

@@ -19,7 +19,9 @@ restored at or past its budget stops without training another step.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -29,9 +31,10 @@ from typing import Any
 import torch
 
 from orchestrator.checkpoints import load_checkpoint, save_checkpoint
+from orchestrator.errors import UserError
 from orchestrator.kinds import build_method, higher_is_better, kind_of
 
-from orchestrator.settings import WORKER_ENV
+from orchestrator.settings import FATAL, WORKER_ENV
 
 HISTORY_FILE = "history.json"
 SAMPLES_DIR = "samples"
@@ -95,6 +98,13 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         kind.after_step(method)
         step += 1
         train_s += time.perf_counter() - t0
+        if any_true(not all(math.isfinite(v) for v in losses.values()), device):
+            # Deterministic: a restart from the last checkpoint would diverge again, so no retry (FailureConfig
+            # retries only what the machinery lost); the driver turns this report into one line.
+            bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)) or "on another worker"
+            ray.train.report({"step": step, FATAL: f"training diverged at step {step} ({bad}): lower the learning "
+                                                    f"rates (--set) or resume from an earlier run"})
+            return
         stop = any_true(_budget_reached(step, train_s, steps, budget_s), device)
         window_steps += 1
         for k, v in losses.items():
@@ -118,19 +128,29 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 tmpdir = tempfile.mkdtemp(prefix="fsig-ckpt-")
                 samples = Path(tmpdir) / SAMPLES_DIR
                 samples.mkdir()
-                val = kind.validate(method, ds, split, cfg, val_aid, step, samples if kind.val_figures else None)
+                try:
+                    val = kind.validate(method, ds, split, cfg, val_aid, step, samples if kind.val_figures else None)
+                except UserError as err:  # bad data found late: deterministic, never retried
+                    report[FATAL] = str(err)
+                    val = {}
                 eval_s += time.perf_counter() - t_eval
                 budget = {"meta_steps": step, "tasks_seen": step * b * size,
                           "images_seen": step * b * size * per_item, "train_seconds": train_s, "eval_seconds": eval_s}
                 report.update(val)
                 report.update(budget)
+            report = broadcast_object(report)
+            if FATAL in report:
+                if rank == 0:
+                    shutil.rmtree(tmpdir, ignore_errors=True)
+                ray.train.report({"step": step, FATAL: report[FATAL]})
+                return
+            if rank == 0:
                 print(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in val.items()), flush=True)
                 history = {"records": records, "val": val, "budget": budget, "nodes": nodes,
                            "threads": threads, "step": step}
                 (Path(tmpdir) / HISTORY_FILE).write_text(json.dumps(history))
                 save_checkpoint(method.state_dict(), step, train_s, Path(tmpdir))
                 ckpt = ray.train.Checkpoint.from_directory(tmpdir)
-            report = broadcast_object(report)  # every worker reports the same metrics (Ray scores checkpoints on them)
             extra = {"delete_local_checkpoint_after_upload": True} if ckpt is not None else {}
             ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:07d}", **extra)
             records = []

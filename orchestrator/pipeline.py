@@ -66,10 +66,11 @@ def _resume(run_id: str, overrides: dict[str, Any], sets: list[str], *, scale: S
             tracking.set_tags(uri, run_id, {f"resume.after_step_{after}": f"steps={cfg['steps']} "
                                                                          f"budget_minutes={cfg['budget_minutes']}"})
             tracking.log_dict(uri, run_id, {"method": method, "config": cfg}, "config.json")
+        was = run.info.status
         tracking.client(uri).update_run(run_id, status="RUNNING")
         log(f"resuming MLflow run {run_id} (Ray Train run {name}) after step {after}")
         return lifecycle.train_and_record(prep, uri=uri, run_id=run_id, name=name, storage=storage, scale=scale,
-                                          after=after)
+                                          after=after, on_failure="FINISHED" if was == "FINISHED" else "FAILED")
     finally:
         if started:
             ray.shutdown()
@@ -98,25 +99,6 @@ def run_evaluate(run_id: str, *, uri: str, seed: int | None, n_generate: int | N
     return {"run_id": child, "evaluated_run_id": run_id, "eval_seed": seed, **metrics}
 
 
-def load_images(paths: list[str], image_size: int, channels: int) -> torch.Tensor:
-    """User images → [k, C, H, W] in [-1, 1], preprocessed like the dataset (resize, grey/RGB)."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms import functional as TF
-
-    out = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                im = TF.center_crop(TF.resize(im, image_size), image_size)
-                out.append(TF.to_tensor(im) * 2 - 1)
-        except FileNotFoundError:
-            raise UserError(f"image {p} does not exist: pass paths of existing image files") from None
-        except (UnidentifiedImageError, OSError) as err:
-            raise UserError(f"image {p} cannot be read ({err.__class__.__name__}): pass a PNG or JPEG file") from None
-    return torch.stack(out)
-
-
 def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path, seed: int,
                  save_images: Path | None, steps: int | None, interpolate: bool = False) -> dict[str, Any]:
     """Adapt on ``images`` and write a grid of ``n`` new images; with ``interpolate``, a one-row strip
@@ -130,14 +112,19 @@ def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path,
                         f"drop --interpolate (it works with mfh)")
     from orchestrator.evaluation import save_grid
 
-    shots = load_images(images, int(cfg["image_size"]), int(cfg["channels"]))
+    if out.parent and not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it or pass another path")
+    from orchestrator.data import dataset_background, load_images
+
+    # One loader for datasets and user images: transparency on the run's dataset background, any Pillow mode.
+    shots = load_images(images, int(cfg["image_size"]), int(cfg["channels"]),
+                        background=dataset_background(cfg["dataset"]))
     model = build_method(method, cfg, tuple(shots.shape[1:]), num_classes=len(split_dict["class_names"]))
     model.load_state_dict(state["state"])
     if interpolate:
         fake = model.interpolate(shots, n, seed=seed).cpu()
     else:
         fake = model.adapt(shots, seed=seed, steps=steps).sample(n, seed=seed).cpu()
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(fake, out, nrow=n if interpolate else int(n ** 0.5 + 0.999))
     written = [str(out)]
     if save_images:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import tracking
+from orchestrator.settings import FATAL
 
 try:  # Ray Train 2.60's driver-side hook (train V2)
     from ray.train import UserCallback
@@ -87,6 +88,9 @@ class Recorder(UserCallback):
         self.uri, self.run_id, self.after = uri, run_id, int(after)
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        fatal = next((m[FATAL] for m in metrics if m and m.get(FATAL)), None)
+        if fatal:  # a deterministic failure the workers stopped on: the driver ends the run with it
+            tracking.set_tags(self.uri, self.run_id, {FATAL: str(fatal)[:4000]})
         if checkpoint is None:
             return
         t0 = time.perf_counter()

@@ -24,3 +24,7 @@ def join(storage: str, *parts: str) -> str:
 # Set in every Ray Train worker process by the loop; ``orchestrator.tracking`` refuses to write where it is set,
 # so the record is made only on the driver's node (the driver and Ray Train's controller).
 WORKER_ENV = "FSIG_IN_TRAIN_WORKER"
+
+# Report key (from the workers) and run tag (set by the recorder) of a deterministic failure: the driver ends
+# the run with it as one line, and Ray Train never retries it.
+FATAL = "fatal_error"

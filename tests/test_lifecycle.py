@@ -98,6 +98,7 @@ def _assert_each_step_once(uri: str, run_id: str, metric: str, steps: int) -> No
     assert sorted(history) == list(range(1, steps + 1)), history
 
 
+@pytest.mark.faults
 def test_killed_worker_restarts_and_every_step_is_recorded_once(store):
     """SIGKILL a Ray Train worker of a 2-worker run after its first checkpoint: FailureConfig restarts the
     group, each step 1..budget is in the history once, and the parameters equal an uninterrupted run's."""
@@ -117,6 +118,7 @@ def test_killed_worker_restarts_and_every_step_is_recorded_once(store):
     assert_same_state(a["state"], b["state"], atol=0)  # restored from a checkpoint: bit-identical
 
 
+@pytest.mark.faults
 def test_killed_classifier_worker_records_every_step_once(store):
     argv = ["train", "protonet", "--tracking-uri", store, *PROTONET, "--steps", "10", "--experiment", "kill-proto"]
     _, run = _kill_worker_then_finish(store, "kill-proto", argv, rank=0)
@@ -124,6 +126,7 @@ def test_killed_classifier_worker_records_every_step_once(store):
     _assert_each_step_once(store, run.info.run_id, "loss", 10)
 
 
+@pytest.mark.faults
 def test_killed_sweep_trial_worker_records_every_step_once(store, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("metric: val_fid_domain\nmode: min\nparams:\n  gp_weight: {distribution: uniform, low: 5.0, "
@@ -135,10 +138,13 @@ def test_killed_sweep_trial_worker_records_every_step_once(store, tmp_path):
     _assert_each_step_once(store, run.info.run_id, "d_loss", 10)
 
 
+@pytest.mark.faults
 def test_workers_never_write_to_the_tracking_store(tmp_path):
     """The whole process tree (Ray's workers included) sees an unreachable default tracking URI; only the
     explicit --tracking-uri is real. The run's record is whole, so nothing on a worker needed the store."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "RAY_TMPDIR": str(tmp_path),
+    ray_tmp = Path(f"/tmp/rw{os.getpid()}")  # Ray's socket paths must stay short
+    ray_tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "RAY_TMPDIR": str(ray_tmp),
            "FSIG_STORAGE": str(tmp_path / "rr"), "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -162,13 +168,27 @@ def test_a_worker_cannot_open_the_tracking_store(monkeypatch, tmp_path):
 
 def test_sweep_refuses_bad_input_before_recording(store, capsys, tmp_path):
     before = len(_runs(store, "bad-sweep"))
+    capsys.readouterr()  # MLflow's own log lines from opening the store above
     assert main(["sweep", "protonet", "--set", "n_way=abc", "--tracking-uri", store, "--experiment", "bad-sweep"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "n_way=abc" in err[0] and "Traceback" not in err[0]
     empty = tmp_path / "store"
     empty.mkdir()
-    assert main(["sweep", "metairnet", "--set", f"generated={empty}", "--tracking-uri", store,
+    assert main(["sweep", "metairnet", "--set", f"generated={empty}", "--set", "n_way=2", "--set", "n_val=2",
+                 "--tracking-uri", store,
                  "--experiment", "bad-sweep"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pregenerate" in err[0]
     assert len(_runs(store, "bad-sweep")) == before == 0
+
+
+def test_diverged_training_ends_the_run_with_one_line(store, capsys):
+    """A non-finite loss is deterministic: the workers report it and return (FailureConfig never retries it),
+    the command prints one line, exit 2, and the run is FAILED with no step recorded after the divergence."""
+    code = main(["train", "figr", "--tracking-uri", store, *FIGR, "--steps", "4", "--set", "inner_lr=1e30",
+                 "--experiment", "diverge", "--max-failures", "3"])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(err) == 1 and "diverged" in err[0]
+    (run,) = _runs(store, "diverge")
+    assert run.info.status == "FAILED"
+    assert not tracking.client(store).get_metric_history(run.info.run_id, "meta_steps")
