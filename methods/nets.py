@@ -199,7 +199,7 @@ def build_nets(arch: str, z_dim: int, image_shape: tuple[int, int, int], width: 
 # Batched twins (ours): T copies of a net, one per task, run as one computation.
 #
 # Parameters: ``P[name]`` is the stack of the T copies of the parameter ``name`` of the module (the
-# names of ``module.named_parameters()``), shape [T, *param.shape], float32. Activations keep the
+# names of ``module.named_parameters()``), shape [T, *param.shape], the module's dtype. Activations keep the
 # tasks in the channel dimension: [n, T*C, H, W] with channel index t*C + c, so every 2-D conv is one
 # grouped convolution (groups=T) and pooling / upsampling / PReLU act on the tensor unchanged;
 # LayerNorm views it as [n, T, C, H, W]; Linear layers take [n, T, F]. Because no op mixes tasks,
