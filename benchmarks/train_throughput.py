@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import torch  # noqa: E402
 
 from orchestrator.data import TaskSampler, load_dataset, make_split  # noqa: E402
-from orchestrator.train import build_method  # noqa: E402
+from orchestrator.kinds import build_method  # noqa: E402
 
 
 def config(args) -> dict:

@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for fid_inception")
     t.add_argument("--max-failures", type=int, default=1, help="worker failures survived (restart from checkpoint)")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a train run from its last checkpoint")
+    t.add_argument("--replicates", type=int, default=1,
+                   help="train N seeds (seed, seed+1, ...) as concurrent Ray Tune trials under one MLflow parent run "
+                        "holding each metric's mean and 95%% interval over seeds and classes")
     _common(t)
 
     e = sub.add_parser("evaluate", help="run the evaluation protocol on a train run's novel classes")
@@ -130,6 +133,14 @@ def _dispatch(args: argparse.Namespace) -> dict:
             sets = [*([f"backbone={args.backbone}"] if args.backbone else []),
                     *([f"backbone_weights={args.backbone_weights}"] if args.backbone_weights else []), *sets]
         scale = Scale(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
+        if args.replicates != 1:
+            if args.resume:
+                raise UserError("--replicates starts new runs: drop --resume (resume each child run by its id)")
+            from orchestrator.replicates import run_replicates
+
+            return run_replicates(args.method, overrides, sets, n=args.replicates, scale=scale, uri=uri,
+                                  experiment=args.experiment or tracking.DEFAULT_EXPERIMENT, address=args.address,
+                                  inception_weights=args.inception_weights)
         return pipeline.run_train(args.method, overrides, sets, scale=scale, uri=uri,
                                   experiment=args.experiment or tracking.DEFAULT_EXPERIMENT, address=args.address,
                                   inception_weights=args.inception_weights, resume=args.resume)

@@ -99,7 +99,8 @@ def prepare(method: str, cfg: dict[str, Any], split_dict: dict | None = None,
     try:
         probe = build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
     except (ValueError, FileNotFoundError) as err:
-        raise UserError(f"{method}: {err} (fix the --set value)") from None
+        msg = str(err) if str(err).startswith(f"{method}:") else f"{method}: {err}"
+        raise UserError(f"{msg} (fix --image-size/--channels or the --set value)") from None
     kind = kind_of(method)
     kind.check(cfg, ds, split, probe)
     aids = kind.aids(cfg, ds, split, probe, inception_weights)
@@ -239,6 +240,11 @@ def record_evaluation(uri: str, run_id: str, result, step: int, name: str) -> No
     from orchestrator.evaluation import save_result_images
 
     tracking.log_metrics(uri, run_id, {k: v for k, v in result.metrics.items() if v is not None}, step)
+    # One value per evaluated class (where the metric has them): what replicates bootstrap over.
+    tracking.log_dict(uri, run_id, {"step": step, "classes": [int(c) for c in getattr(result, "classes", [])],
+                                    "per_class": getattr(result, "per_class", {}),
+                                    "metrics": {k: float(v) for k, v in result.metrics.items() if v is not None}},
+                      f"per_class_{Path(name).stem}.json")
     with tempfile.TemporaryDirectory() as tmp:
         for path in save_result_images(result, tmp, name, suffix=f"_{Path(name).stem}"):
             tracking.log_file(uri, run_id, path, "samples")

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="digits (default), omniglot, mnist, fashion-mnist, folder")
     p.add_argument("--data-root", help="local folder holding the dataset's files")
     p.add_argument("--image-size", type=int, help="load images at this size (default: the generator's resolution)")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1 = grayscale, 3 = RGB (default 1)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="1 = grayscale, 3 = RGB (default 1; with --from-run the run's)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the base/val/novel class split")
     p.add_argument("--classes", default="all", help="which split parts: all (default) or e.g. novel, base,val")
     p.add_argument("--per-class", type=int, default=0, help="only the first N images of each class (0 = all)")
@@ -228,7 +229,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | None, out: Path, actors: int = 1,
-                variants: int = 10, steps: int | None = None, image_size: int | None = None, channels: int = 1,
+                variants: int = 10, steps: int | None = None, image_size: int | None = None, channels: int | None = None,
                 split_seed: int = 0, classes: str = "all", per_class: int = 0, limit: int = 0, seed: int = 0,
                 sets: list[str] | None = None, perceptual_weights: str | None = None, cpus_per_actor: float = 1,
                 gpus_per_actor: float = 0, uri: str | None = None, experiment: str | None = None,
@@ -256,8 +257,16 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
         require_generator(run_method, from_run, "pregenerate --from-run")
         if sets or steps is not None:
             raise UserError("--set and --steps configure FinetuneGAN; with --from-run the run's own config is used")
+        for flag, given, own in (("--image-size", image_size, cfg["image_size"]), ("--channels", channels, cfg["channels"])):
+            if given is not None and int(given) != int(own):
+                raise UserError(f"{flag} {given}: run {from_run} makes {own}; drop {flag} (--from-run uses the run's)")
         dataset, data_root = dataset or cfg["dataset"], data_root or cfg["data_root"]
         image_size, channels, resolution = int(cfg["image_size"]), int(cfg["channels"]), int(cfg["image_size"])
+        if dataset == cfg["dataset"] and str(data_root) == str(cfg["data_root"]):
+            from orchestrator import lifecycle
+
+            # The same pre-start validation as train: the data, the split, class sizes, the method built.
+            lifecycle.prepare(run_method, cfg, run_split, quiet=True)
         source = f"run:{from_run}"
     else:
         resolution = biggan_resolution_of(Path(biggan))
@@ -267,6 +276,7 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
                 raise UserError(f"--steps {steps}: need at least 1 optimisation step")
             cfg["steps"] = int(steps)
         image_size = int(image_size or resolution)
+        channels = 1 if channels is None else int(channels)
         source = f"biggan:{Path(biggan).resolve()}"
     ds = load_dataset(dataset or "digits", data_root or None, image_size=image_size, channels=channels)
     split = make_split(ds, seed=split_seed)

@@ -249,11 +249,7 @@ CASES: dict[str, tuple] = {
 
 
 # Cases the product gets wrong today in a file this test may not change: strict, so a fix shows up.
-XFAIL = {
-    "train-figr-image-size-28": "orchestrator/lifecycle.py prepare() ends a method constructor's ValueError with "
-                                "'(fix the --set value)', but here --image-size is the value to fix (and the FIGR "
-                                "message does not name the flag)",
-}
+XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c, marks=[pytest.mark.xfail(reason=XFAIL[c], strict=True)]

@@ -1,0 +1,107 @@
+"""``train METHOD --replicates N``: N training seeds as concurrent Ray Tune trials, one MLflow parent run.
+
+Each replicate is a Tune trial of a grid over the run's ``seed`` (seed, seed+1, ...), run by the sweep's
+trial function through the same run lifecycle as ``train`` (its own child run: record, selection,
+novel-class evaluation), with the sweep's per-trial resources. The parent then holds, for every
+protocol metric, the mean and a 95% interval over seeds and novel classes: the two-level bootstrap of
+``orchestrator.evaluation.stats.bootstrap_ci`` (classes resampled once per replicate and shared across
+seeds, seeds at the outer level) on the children's per-class values, or over seeds alone for pooled
+metrics (FID, KID, IS, Mode Score). Logged as ``<metric>_mean``, ``<metric>_ci_low``, ``<metric>_ci_high``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from orchestrator import lifecycle, tracking
+from orchestrator.errors import UserError
+from orchestrator.kinds import log
+from orchestrator.settings import default_storage
+
+
+def aggregate(children: list[dict[str, Any]]) -> dict[str, float]:
+    """``<metric>_mean/_ci_low/_ci_high`` over the children's ``per_class_*.json`` contents.
+
+    ``children``: one dict per seed with ``per_class`` (metric -> list over classes) and ``metrics``.
+    """
+    from orchestrator.evaluation.stats import bootstrap_ci
+
+    names = sorted(set.intersection(*(set(c["metrics"]) for c in children))) if children else []
+    out: dict[str, float] = {}
+    for name in names:
+        rows = [c["per_class"].get(name) for c in children]
+        if all(r is not None for r in rows) and len({len(r) for r in rows}) == 1 and len(rows[0]) > 0:
+            grid = np.asarray(rows, dtype=np.float64)  # [seeds, classes]
+        else:
+            grid = np.asarray([[c["metrics"][name]] for c in children], dtype=np.float64)  # [seeds, 1]
+        mean, low, high = bootstrap_ci(grid)[:3]
+        out.update({f"{name}_mean": mean, f"{name}_ci_low": low, f"{name}_ci_high": high})
+    return out
+
+
+def run_replicates(method: str, overrides: dict[str, Any], sets: list[str], *, n: int, scale: lifecycle.Scale,
+                   uri: str, experiment: str, address: str | None, inception_weights: str | None) -> dict[str, Any]:
+    """Train ``n`` seeds of one config as concurrent Tune trials under one MLflow parent run; see the module doc."""
+    import ray
+    from ray import tune
+
+    from orchestrator import sweep as sweep_mod
+
+    if n < 2:
+        raise UserError(f"--replicates {n}: pass 2 or more (1 is a plain train)")
+    scale.check()
+    cfg = lifecycle.resolve_config(method, overrides, sets)
+    prep = lifecycle.prepare(method, cfg, inception_weights=inception_weights)
+    started = lifecycle.ensure_ray(address)
+    try:
+        lifecycle.check_cluster_fits(scale)
+        name = f"replicates-{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        storage = default_storage()
+        seeds = [int(cfg["seed"]) + i for i in range(n)]
+        parent = lifecycle.open_run(uri, experiment, name, prep, {
+            "sweep_name": name, "sweep_role": "parent", "replicate_role": "parent", "replicates": str(n),
+            "seeds": ",".join(map(str, seeds))})
+        metric = cfg["select_metric"] if cfg["select_metric"] != "last" else "meta_steps"
+        sweep = {"name": name, "method": method, "config": cfg, "split": prep.split.to_dict(),
+                 "experiment": experiment, "storage": storage, "workers_per_trial": scale.workers,
+                 "cpus_per_worker": scale.cpus_per_worker, "gpus_per_worker": scale.gpus_per_worker,
+                 "max_failures": scale.max_failures, "space": {"metric": metric}, "parent_run_id": parent}
+        res = ray.cluster_resources()
+        concurrency = max(1, min(n, int(res.get("CPU", 1) // (scale.workers * scale.cpus_per_worker))))
+        log(f"{n} replicates of {method} (seeds {seeds}), {concurrency} at a time; MLflow parent run {parent}")
+        try:
+            tuner = tune.Tuner(sweep_mod._trainable(sweep, uri, prep), param_space={"seed": tune.grid_search(seeds)},
+                               tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+                               run_config=tune.RunConfig(name=name, storage_path=storage,
+                                                         failure_config=tune.FailureConfig(max_failures=0)))
+            grid = tuner.fit()
+            errors = [r.error for r in grid if r.error is not None]
+            exp_id = tracking.experiment_id(uri, experiment)
+            kids = sweep_mod.children(uri, parent, exp_id)
+            finished = [k for k in kids if k.info.status == "FINISHED"]
+            if errors or len(finished) != n:
+                raise UserError(f"replicates {name}: {len(finished)} of {n} seeds finished "
+                                f"({str(errors[0]).splitlines()[0][:200] if errors else 'see the child runs'}); "
+                                f"the parent run {parent} is FAILED")
+            figure = prep.kind.figure.rsplit(".", 1)[0]
+            per_seed = sorted(((int(k.data.params["seed"]), tracking.load_json_artifact(uri, k.info.run_id,
+                                                                                         f"per_class_{figure}.json"))
+                               for k in finished), key=lambda x: x[0])
+            summary = aggregate([d for _, d in per_seed])
+            tracking.log_metrics(uri, parent, {k: v for k, v in summary.items() if math.isfinite(v)})
+            tracking.log_dict(uri, parent, {"seeds": [s for s, _ in per_seed], "children": [k.info.run_id for k in finished],
+                                            "summary": summary}, "replicates.json")
+            tracking.end_run(uri, parent, "FINISHED")
+        except BaseException:
+            lifecycle._end_quietly(uri, parent, "FAILED")
+            raise
+    finally:
+        if started:
+            ray.shutdown()
+    return {"run_id": parent, "method": method, "dataset": cfg["dataset"], "replicates": n, "seeds": seeds,
+            "child_run_ids": [k.info.run_id for k in finished], **summary}
