@@ -124,6 +124,11 @@ def ensure_ray(address: str | None) -> bool:
         return False
     if not address and os.environ.get("RAY_ADDRESS"):
         address = os.environ["RAY_ADDRESS"]
+    # Ray starts its worker processes at nice 15 by default: on a machine whose cores are busy with anything
+    # at nice 0 (another job, stress-ng), Ray Train's controller and workers then get a few percent of a core and
+    # a 2-step run took 30 minutes here. Training is the work, so a local Ray started here runs them at nice 0
+    # (measured: os.nice(0) in a Ray task is 15 by default, 0 with this; set RAY_worker_niceness to override).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         # The dashboard hosts the State API Ray Train polls; without it Train logs a warning a second.
         ray.init(address=address or None, log_to_driver=True)

@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("FSIG_DATASETS", REPO.parent / "shared" / "datasets")).resolve()
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# As orchestrator.lifecycle.ensure_ray does: Ray's default worker niceness (15) starves the workers on a busy machine.
+os.environ.setdefault("RAY_worker_niceness", "0")
 sys.path.insert(0, str(REPO))
 
 
