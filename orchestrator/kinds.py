@@ -10,7 +10,6 @@ the ``Kind`` methods below, so neither branches on the kind (ours).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

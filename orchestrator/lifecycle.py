@@ -12,7 +12,6 @@ input leaves the store exactly as it was.
 """
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 import tempfile
@@ -295,6 +294,3 @@ def resume_config(saved_cfg: dict[str, Any], overrides: dict[str, Any], sets: li
                         f"{', '.join(changed)}: start a new run with train (only --steps/--budget-minutes may change)")
     return finish_config(cfg)
 
-
-def is_finite_metrics(metrics: dict[str, float]) -> bool:
-    return all(v is None or math.isfinite(float(v)) for v in metrics.values())

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from orchestrator import lifecycle, tracking
 from orchestrator.errors import UserError

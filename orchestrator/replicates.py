@@ -10,7 +10,6 @@ metrics (FID, KID, IS, Mode Score). Logged as ``<metric>_mean``, ``<metric>_ci_l
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
