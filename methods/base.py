@@ -98,6 +98,13 @@ class Method(abc.ABC):
     def adapt(self, shots: torch.Tensor, seed: int, steps: int | None = None) -> Sampler:
         """Few-shot adaptation on [k, C, H, W] shots without touching the meta-parameters."""
 
+    def adapt_many(self, shots: list[torch.Tensor], seeds: list[int], steps: int | None = None) -> list[Sampler]:
+        """Adapt on several classes at once: ``shots[i]`` [k_i, C, H, W] with ``seeds[i]``; one sampler per class.
+
+        Default: ``adapt`` one class after another. A method with a batched adaptation (``task_batch``) may
+        override it; it must return what the default returns, within float tolerance."""
+        return [self.adapt(s, seed, steps) for s, seed in zip(shots, seeds)]
+
     # True when the method offers ``interpolate`` (``generate --interpolate``).
     supports_interpolation: ClassVar[bool] = False
 

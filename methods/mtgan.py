@@ -75,7 +75,7 @@ from methods import register
 from methods.base import Diagnostics, GradSync, Method, Task, no_sync
 from methods.mtgan_nets import (SS_GRANULARITIES, FeatureExtractor, ImageConstructor, SSConv2d, frozen_parameters,
                                 ss_parameters)
-from methods.nets import check_image_shape
+from methods.nets import check_image_shape, stacked_update
 
 G_TARGETS = ("class", "real")
 HEAD_INITS = ("meta", "fresh")
@@ -98,6 +98,29 @@ def g_loss(fake_logits: torch.Tensor, labels: torch.Tensor, target: str = "class
     if target == "real":
         return -torch.logsumexp(logp[:, :-1], dim=1).mean()
     raise ValueError(f"unknown g_target {target!r}; choose one of {', '.join(G_TARGETS)}")
+
+
+Heads = list[torch.Tensor]  # [weight [T, O, I], bias [T, O]]: T stacked per-task copies of a Linear head (ours)
+
+
+def _b_linear(head: Heads, x: torch.Tensor) -> torch.Tensor:
+    """T Linear heads at once (ours): x [T, n, I] -> [T, n, O], task t through (weight[t], bias[t])."""
+    return torch.baddbmm(head[1].unsqueeze(1), x, head[0].transpose(1, 2))
+
+
+def _b_d_loss(real_logits: torch.Tensor, real_labels: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """``d_loss`` per task (ours): logits [T, n, N+1], labels [T, n] -> [T]."""
+    real = F.log_softmax(real_logits, dim=2).gather(2, real_labels.unsqueeze(2)).squeeze(2).mean(1)
+    fake = F.log_softmax(fake_logits, dim=2)[..., -1].mean(1)
+    return -real - fake
+
+
+def _b_g_loss(fake_logits: torch.Tensor, labels: torch.Tensor, target: str) -> torch.Tensor:
+    """``g_loss`` per task (ours): logits [T, n, N+1], labels [T, n] -> [T]."""
+    logp = F.log_softmax(fake_logits, dim=2)
+    if target == "class":
+        return -logp.gather(2, labels.unsqueeze(2)).squeeze(2).mean(1)
+    return -torch.logsumexp(logp[..., :-1], dim=2).mean(1)
 
 
 class MTGANSampler:
@@ -142,6 +165,7 @@ class MTGAN(Method):
         "head_init": "meta",  # "meta" (eq. 10 from the eq. 12 average) or "fresh" (seeded re-init per task / test)
         "adapt_steps": 10,  # eq. 10 steps on the shots at test (phase 3)
         "init_seed": 0,
+        "task_batch": 1,  # N-way tasks of a phase-2 step fitted as one batched computation (1: one after another)
     }
     # One 5-way task per worker per step. The final checkpoint is the model: validation scores in
     # phase 1 would rank checkpoints that have no meta-learned SS yet, so selecting on them could
@@ -170,6 +194,11 @@ class MTGAN(Method):
                 self.pretrain_steps, self.adapt_steps, int(cfg["queries"])) < 0:
             raise ValueError("mtgan: n_way, shots, z_dim, width, inner_steps must be >= 1 and "
                              "pretrain_steps, adapt_steps, queries >= 0")
+        task_batch = cfg["task_batch"]
+        if isinstance(task_batch, bool) or not isinstance(task_batch, int) or task_batch < 1:
+            raise ValueError(f"mtgan: task_batch must be an integer >= 1 (1: N-way tasks one after another), "
+                             f"got {task_batch!r}")
+        self.task_batch = int(task_batch)
 
         with torch.random.fork_rng(devices=[]):  # built on the CPU from init_seed alone
             torch.manual_seed(int(cfg["init_seed"]))
@@ -221,7 +250,7 @@ class MTGAN(Method):
         images = torch.as_tensor(images)
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape or images.shape[0] < 1:
             raise ValueError(f"mtgan: expected images [n>=1, {', '.join(map(str, self.image_shape))}], got {tuple(images.shape)}")
-        return images.to(self.device, torch.float32)
+        return images.to(self.device, torch.get_default_dtype())  # float32 unless a test sets float64
 
     def _g(self, nm: nn.Module, z: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
         return self.ic(nm(torch.cat([z, F.one_hot(y, classes).float()], 1)))
@@ -268,6 +297,80 @@ class MTGAN(Method):
             apply(nm_p, torch.autograd.grad(loss_g, nm_p), opts[1] if self.inner_optimizer == "adam" else None)
             dl, gl = dl + loss_d.item(), gl + loss_g.item()
         return {"inner_d_loss": dl / max(steps, 1), "inner_g_loss": gl / max(steps, 1)}
+
+    def _g_b(self, nm: Heads, z: torch.Tensor, y1h: torch.Tensor) -> torch.Tensor:
+        """G for T tasks at once (ours): z [T, n, z_dim], y1h [T, n, ways] -> images [T*n, C, H, W] (IC is shared)."""
+        return self.ic(_b_linear(nm, torch.cat([z, y1h], 2)).flatten(0, 1))
+
+    def _fit_heads_batched(self, NM: Heads, CF: Heads, real: torch.Tensor, y: torch.Tensor,
+                           gens: list[torch.Generator], steps: int) -> tuple[Heads, Heads, torch.Tensor, torch.Tensor]:
+        """Eq. 10 for T tasks at once (ours): ``_fit_heads`` on T stacked head copies, IC/FE shared.
+
+        ``real`` [T, n, C, H, W], ``y`` [T, n] way labels, ``gens`` task t's generator (drawn from in
+        ``_fit_heads``'s order). The shared IC and FE see all T*n samples as one batch; nothing mixes tasks
+        (per-sample LayerNorm, per-task heads and losses), so task t's gradient of the summed loss is its own.
+        Returns the fitted (NM, CF) stacks and the summed D and G losses per task, [T] each.
+        """
+        T, n = y.shape
+        y1h = F.one_hot(y, self.ways).to(real.dtype)
+        with torch.no_grad():
+            real_feat = self.fe(real.flatten(0, 1)).view(T, n, -1)  # FE and SS are fixed during the inner loop
+        adam = self.inner_optimizer == "adam"
+        st_cf = [[torch.zeros_like(p) for p in CF] for _ in range(2)] if adam else None
+        st_nm = [[torch.zeros_like(p) for p in NM] for _ in range(2)] if adam else None
+        dl = gl = torch.zeros(T, dtype=real.dtype, device=self.device)
+        betas = (0.5, 0.999)
+        NM, CF = [p.detach() for p in NM], [p.detach() for p in CF]
+        for k in range(1, steps + 1):
+            z = torch.stack([torch.randn(n, self.z_dim, generator=g, device=self.device) for g in gens])
+            with torch.no_grad():
+                fake_feat = self.fe(self._g_b(NM, z, y1h)).view(T, n, -1)
+            cf = [p.requires_grad_(True) for p in CF]
+            loss_d = _b_d_loss(_b_linear(cf, real_feat), y, _b_linear(cf, fake_feat))
+            CF = [p.detach() for p in stacked_update(cf, torch.autograd.grad(loss_d.sum(), cf), st_cf, k, self.inner_lr, betas)]
+            z = torch.stack([torch.randn(n, self.z_dim, generator=g, device=self.device) for g in gens])
+            nm = [p.requires_grad_(True) for p in NM]
+            loss_g = _b_g_loss(_b_linear(CF, self.fe(self._g_b(nm, z, y1h)).view(T, n, -1)), y, self.g_target)
+            NM = [p.detach() for p in stacked_update(nm, torch.autograd.grad(loss_g.sum(), nm), st_nm, k, self.inner_lr, betas)]
+            dl, gl = dl + loss_d.detach(), gl + loss_g.detach()
+        return NM, CF, dl, gl
+
+    def _stacked_heads(self, gens: list[torch.Generator]) -> tuple[Heads, Heads]:
+        """NM^i, CF^i of T tasks at their start (``_task_heads`` per task, same draws), stacked (ours)."""
+        heads = [self._task_heads(g) for g in gens]
+        stack = lambda mods: [torch.stack([m.weight.detach() for m in mods]),  # noqa: E731
+                              torch.stack([m.bias.detach() for m in mods])]
+        return stack([h[0] for h in heads]), stack([h[1] for h in heads])
+
+    def _meta_tasks_batched(self, splits: list[tuple[torch.Tensor, ...]], seeds: list[int], ic_ss: list[nn.Parameter],
+                            fe_ss: list[nn.Parameter], acc_ss: list[torch.Tensor], acc_heads: list[torch.Tensor],
+                            totals: dict[str, float], n_groups: int) -> None:
+        """Phase 2 for T N-way tasks of equal support/query sizes at once (ours); adds to the accumulators
+        exactly what ``_meta_step``'s per-task loop adds (SS gradients summed over tasks, heads summed)."""
+        T = len(splits)
+        sup, sup_y, qry, qry_y = (torch.stack([s[i] for s in splits]) for i in range(4))
+        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        NM, CF = self._stacked_heads(gens)
+        NM, CF, dl, gl = self._fit_heads_batched(NM, CF, sup, sup_y, gens, self.inner_steps)
+        # eq. 11 at (NM^i, CF^i, SS) on the query sets: one backward per net gives the sum over tasks
+        nq = qry_y.shape[1]
+        z = torch.stack([torch.randn(nq, self.z_dim, generator=g, device=self.device) for g in gens])
+        fake = self._g_b(NM, z, F.one_hot(qry_y, self.ways).to(z.dtype))
+        feats = self.fe(torch.cat([qry.flatten(0, 1), fake.detach()])).view(2, T, nq, -1)
+        loss_d = _b_d_loss(_b_linear(CF, feats[0]), qry_y, _b_linear(CF, feats[1]))
+        grads_fe = torch.autograd.grad(loss_d.sum(), fe_ss)
+        loss_g = _b_g_loss(_b_linear(CF, self.fe(fake).view(T, nq, -1)), qry_y, self.g_target)
+        grads_ic = torch.autograd.grad(loss_g.sum(), ic_ss)
+        with torch.no_grad():
+            for a, g in zip(acc_ss, list(grads_ic) + list(grads_fe)):
+                a.add_(g.double())
+            for a, w in zip(acc_heads, NM + CF):
+                a.add_(w.sum(0, dtype=torch.float64))
+        steps = max(self.inner_steps, 1)
+        per_task = torch.stack([dl / steps, gl / steps, loss_d.detach(), loss_g.detach()]).tolist()  # one sync
+        for key, values in zip(("inner_d_loss", "inner_g_loss", "query_d_loss", "query_g_loss"), per_task):
+            for v in values:
+                totals[key] = totals.get(key, 0.0) + v / n_groups
 
     def _split(self, group: list[Task]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Support/query images and way labels of one N-way task (ways by first appearance of a class)."""
@@ -332,7 +435,21 @@ class MTGAN(Method):
         acc_ss = [torch.zeros_like(p, dtype=torch.float64) for p in ic_ss + fe_ss]
         acc_heads = [torch.zeros_like(p, dtype=torch.float64) for p in heads]
         totals: dict[str, float] = {}
-        for group in groups:
+        if self.task_batch > 1:  # T N-way tasks at a time (consecutive, equal support/query sizes)
+            chunk: list[tuple[tuple[torch.Tensor, ...], int]] = []
+            for group in groups + [None]:
+                split = self._split(group) if group is not None else None
+                if chunk and (split is None or len(chunk) == self.task_batch or any(
+                        a.shape != b.shape for a, b in zip(chunk[0][0], split))):
+                    self._meta_tasks_batched([c[0] for c in chunk], [c[1] for c in chunk], ic_ss, fe_ss, acc_ss,
+                                             acc_heads, totals, len(groups))
+                    chunk = []
+                if split is not None:
+                    chunk.append((split, int(group[0].seed)))
+            groups_seq: list[list[Task]] = []
+        else:
+            groups_seq = groups
+        for group in groups_seq:
             sup, sup_y, qry, qry_y = self._split(group)
             gen = torch.Generator(device=self.device).manual_seed(int(group[0].seed))
             nm_i, cf_i = self._task_heads(gen)

@@ -324,3 +324,26 @@ def batched_critic(D: nn.Module, P: dict[str, torch.Tensor], x: torch.Tensor) ->
     else:
         raise TypeError(f"no batched twin for {type(D).__name__}")
     return _b_linear(P, "final.", feats).squeeze(-1)
+
+
+def stacked_update(P: list[torch.Tensor], grads: list[torch.Tensor] | tuple[torch.Tensor, ...],
+                   state: list[list[torch.Tensor]] | None, k: int, lr: float, betas: tuple[float, float],
+                   eps: float = 1e-8) -> list[torch.Tensor]:
+    """SGD (``state`` None) or the k-th step (k >= 1) of a fresh ``torch.optim.Adam`` on stacked per-task tensors (ours).
+
+    ``P``, ``grads``: tensors [T, *shape]; ``state`` = [m, v] (lists like ``P``, zeros at k = 1, updated in place).
+    Adam replays torch.optim.Adam's single-tensor update op for op (lerp of m, v * beta2 + (1 - beta2) g^2,
+    step size lr / (1 - beta1^k), denominator sqrt(v) / sqrt(1 - beta2^k) + eps), so one call equals one
+    ``optimizer.step()`` of a fresh Adam per task. Returns new detached tensors.
+    """
+    with torch.no_grad():
+        if state is None:
+            return [torch.add(p, g, alpha=-lr) for p, g in zip(P, grads)]
+        out = []
+        for i, (p, g) in enumerate(zip(P, grads)):
+            m, v = state[0][i], state[1][i]
+            m.lerp_(g, 1 - betas[0])
+            v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
+            denom = (v.sqrt() / ((1 - betas[1] ** k) ** 0.5)).add_(eps)
+            out.append(torch.addcdiv(p, m, denom, value=-lr / (1 - betas[0] ** k)))
+        return out

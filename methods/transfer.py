@@ -44,6 +44,7 @@ from torch import nn
 from methods import register
 from methods.augment import augment
 from methods.base import GradSync, Method, Task, no_sync
+from methods.nets import stacked_update
 from methods.transfer_nets import Discriminator, Generator, check_side
 
 ARCHS = ("dcgan", "cdcgan", "infogan")
@@ -85,6 +86,7 @@ class Transfer(Method):
         "info_weight": 1.0,
         "info_cont_weight": 0.1,
         "init_seed": 0,
+        "task_batch": 1,  # classes fine-tuned as one batched computation in adapt_many (1: one after another)
     }
     harness_defaults = {"tasks_per_worker": 8}  # a pre-training batch of 8 x shots images
     variant_keys = ("arch",)  # DCGAN, cDCGAN, InfoGAN: three baselines
@@ -104,6 +106,11 @@ class Transfer(Method):
         self.info_weight, self.info_cont_weight = float(cfg["info_weight"]), float(cfg["info_cont_weight"])
         if min(self.z_dim, self.width, self.batch, self.augment_to) < 1 or self.adapt_steps < 0:
             raise ValueError("transfer: z_dim, width, finetune_batch, augment_to must be >= 1 and adapt_steps >= 0")
+        task_batch = cfg["task_batch"]
+        if isinstance(task_batch, bool) or not isinstance(task_batch, int) or task_batch < 1:
+            raise ValueError(f"transfer: task_batch must be an integer >= 1 (1: classes fine-tuned one after "
+                             f"another), got {task_batch!r}")
+        self.task_batch = int(task_batch)
         if self.arch == "cdcgan" and self.num_classes < 1:
             raise ValueError("transfer: arch=cdcgan needs num_classes (the dataset's class count)")
         if self.arch == "infogan" and (self.n_cat < 1 or self.n_cont < 0):
@@ -147,7 +154,7 @@ class Transfer(Method):
                   draw, sync: GradSync, extra_d: list[nn.Parameter] = ()) -> dict[str, float]:
         """One D step, then one G step. ``draw()`` -> (G input, codes) for len(real) fakes."""
         n = real.shape[0]
-        y1h = F.one_hot(y, self.labels).float() if self.arch == "cdcgan" else None
+        y1h = F.one_hot(y, self.labels).to(real.dtype) if self.arch == "cdcgan" else None
         ones, zeros = torch.ones(n, device=self.device), torch.zeros(n, device=self.device)
         inp, codes = draw()
         with torch.no_grad():
@@ -185,7 +192,7 @@ class Transfer(Method):
         images = torch.as_tensor(images)
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape or images.shape[0] < 1:
             raise ValueError(f"transfer: expected images [n>=1, {', '.join(map(str, self.image_shape))}], got {tuple(images.shape)}")
-        return images.to(self.device, torch.float32)
+        return images.to(self.device, torch.get_default_dtype())  # float32 unless a test sets float64
 
     # ------------------------------------------------------------------ Method interface
     def meta_train_step(self, tasks: list[Task], sync: GradSync = no_sync) -> dict[str, float]:
@@ -236,7 +243,7 @@ class Transfer(Method):
         if self.arch == "cdcgan":
             self._new_class_slot(G, D)
         if steps:
-            pool = augment(shots, self.augment_to, seed)
+            pool = augment(shots, self.augment_to, seed).to(shots.dtype)
             opt_G = torch.optim.Adam(G.parameters(), lr=self.finetune_lr, betas=self.betas)
             opt_D = torch.optim.Adam(D.parameters(), lr=self.finetune_lr, betas=self.betas)
             gen = torch.Generator(device=self.device).manual_seed(int(seed) + 1)
@@ -247,6 +254,83 @@ class Transfer(Method):
         for p in G.parameters():
             p.requires_grad_(False)
         return TransferSampler(self, G, self.new_label)
+
+    def adapt_many(self, shots: list[torch.Tensor], seeds: list[int], steps: int | None = None) -> list[TransferSampler]:
+        """``adapt`` for several classes; with ``task_batch`` T > 1, T classes are fine-tuned as one computation.
+
+        Batched (ours): T stacked copies of G's and D's parameters ([T, *shape]), one ``torch.func.vmap`` over
+        ``grad`` of ``functional_call`` per D and G step (each task's own losses, so its own gradients), and the
+        fresh Adams replayed on the stacks (``methods.nets.stacked_update``). Every task keeps ``adapt``'s own
+        draws (augmentation seed, then per step: the mini-batch indices, D's latents, G's latents, from its
+        generator), so the samplers equal ``adapt``'s within float tolerance (tests/test_task_batch.py).
+        vmap rather than hand-written grouped convolutions: this net has transposed convolutions, GroupNorm
+        and the cDCGAN/InfoGAN inputs and heads, which vmap's batching rules cover without a twin per layer.
+        """
+        steps = self.adapt_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"transfer: adapt steps must be >= 0, got {steps}")
+        if len(shots) != len(seeds):
+            raise ValueError(f"transfer: adapt_many needs one seed per class, got {len(shots)} shots, {len(seeds)} seeds")
+        if self.task_batch == 1 or steps == 0:
+            return [self.adapt(s, seed, steps) for s, seed in zip(shots, seeds)]
+        out: list[TransferSampler] = []
+        for i in range(0, len(shots), self.task_batch):
+            out += self._adapt_batched(shots[i:i + self.task_batch], seeds[i:i + self.task_batch], steps)
+        return out
+
+    def _adapt_batched(self, shots: list[torch.Tensor], seeds: list[int], steps: int) -> list[TransferSampler]:
+        from torch.func import functional_call, grad, vmap
+
+        shots = [self._images(s) for s in shots]
+        T, B, dtype = len(shots), self.batch, shots[0].dtype
+        G, D = copy.deepcopy(self.G), copy.deepcopy(self.D)
+        if self.arch == "cdcgan":
+            self._new_class_slot(G, D)
+        pools = torch.stack([augment(s, self.augment_to, int(seed)).to(dtype) for s, seed in zip(shots, seeds)])
+        gens = [torch.Generator(device=self.device).manual_seed(int(seed) + 1) for seed in seeds]
+        names_g, names_d = [k for k, _ in G.named_parameters()], [k for k, _ in D.named_parameters()]
+        PG = [p.detach().unsqueeze(0).expand(T, *p.shape).clone() for p in G.parameters()]
+        PD = [p.detach().unsqueeze(0).expand(T, *p.shape).clone() for p in D.parameters()]
+        st_g = [[torch.zeros_like(p) for p in PG] for _ in range(2)]
+        st_d = [[torch.zeros_like(p) for p in PD] for _ in range(2)]
+        y = torch.full((B,), self.new_label, dtype=torch.long, device=self.device) if self.arch == "cdcgan" else None
+        y1h = F.one_hot(y, self.labels).to(dtype) if y is not None else None
+        ones, zeros = torch.ones(B, dtype=dtype, device=self.device), torch.zeros(B, dtype=dtype, device=self.device)
+        info = self.arch == "infogan"
+
+        def loss_d(pd, pg, real, inp, codes):  # _gan_step's D loss for one task
+            fake = functional_call(G, dict(zip(names_g, pg)), (inp,)).detach()
+            lr_, _ = functional_call(D, dict(zip(names_d, pd)), (real, y1h))
+            lf, qf = functional_call(D, dict(zip(names_d, pd)), (fake, y1h))
+            loss = F.binary_cross_entropy_with_logits(lr_, ones) + F.binary_cross_entropy_with_logits(lf, zeros)
+            return loss + self.info_loss(qf, codes) if info else loss
+
+        def loss_g(pg, pd, inp, codes):  # _gan_step's G loss for one task, through the updated D
+            lf, qf = functional_call(D, dict(zip(names_d, pd)), (functional_call(G, dict(zip(names_g, pg)), (inp,)), y1h))
+            loss = F.binary_cross_entropy_with_logits(lf, ones)
+            return loss + self.info_loss(qf, codes) if info else loss
+
+        grad_d, grad_g = vmap(grad(loss_d)), vmap(grad(loss_g))
+        for k in range(1, steps + 1):
+            real, lat_d, lat_g = [], [], []
+            for pool, gen in zip(pools, gens):  # per task, in adapt's order
+                real.append(pool[torch.randint(len(pool), (B,), generator=gen, device=self.device)])
+                lat_d.append(self._latent(B, gen, y))
+                lat_g.append(self._latent(B, gen, y))
+            stack = lambda lats: (torch.stack([l[0] for l in lats]),  # noqa: E731, E741
+                                  {key: torch.stack([l[1][key] for l in lats]) for key in lats[0][1]})
+            (inp_d, codes_d), (inp_g, codes_g) = stack(lat_d), stack(lat_g)
+            PD = stacked_update(PD, grad_d(PD, PG, torch.stack(real), inp_d, codes_d), st_d, k, self.finetune_lr, self.betas)
+            PG = stacked_update(PG, grad_g(PG, PD, inp_g, codes_g), st_g, k, self.finetune_lr, self.betas)
+        out = []
+        for t in range(T):
+            Gt = copy.deepcopy(G)
+            with torch.no_grad():
+                for p, stacked in zip(Gt.parameters(), PG):
+                    p.copy_(stacked[t])
+                    p.requires_grad_(False)
+            out.append(TransferSampler(self, Gt, self.new_label))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return copy.deepcopy({"arch": self.arch, "width": self.width, "z_dim": self.z_dim,

@@ -238,3 +238,112 @@ def test_compiled_inductor_equals_eager(monkeypatch):
     _, g_comp, _ = step_recording(FIGR({**cfg, "compile": True}, (1, 32, 32)), ts)
     scale = max(float(g.abs().max()) for g in g_eager)
     assert max_diff(g_eager, g_comp) < 1e-2 * scale  # float32, K=2: rounding differs (fused kernels)
+
+
+# ------------------------------------------------------------------ MT-GAN: N-way tasks' heads fitted as one batch
+from methods.mtgan import MTGAN  # noqa: E402
+
+MT_SMALL = {"width": 2, "z_dim": 6, "n_way": 2, "shots": 2, "queries": 2, "inner_steps": 2, "adapt_steps": 2,
+            "pretrain_steps": 0}
+
+
+def mt_tasks(groups: int, n_way: int = 2, n: int = 4, seed0: int = 300, classes: int = 5) -> list[Task]:
+    """``groups`` N-way tasks of harness tasks (one class each, n images: shots + queries); labels repeat."""
+    g = torch.Generator().manual_seed(seed0)
+    return [Task(torch.rand(n, *SHAPE, generator=g) * 2 - 1, label=(i * 3) % classes, seed=seed0 + i)
+            for i in range(groups * n_way)]
+
+
+def mt_state(m: MTGAN) -> list[torch.Tensor]:
+    return m.ss_params() + list(m.nm.parameters()) + list(m.cf.parameters())
+
+
+@pytest.mark.parametrize("over", [{}, {"inner_optimizer": "adam", "head_init": "fresh", "g_target": "real"}])
+def test_mtgan_batched_equals_sequential_two_meta_steps(over, float64):
+    """Phase 2 (eq. 10-12): SS gradients (what ``sync`` sees), the eq. 12 head average and SS after Adam, and
+    the logged losses equal the per-task loop; 3 N-way tasks at task_batch=2 also cover a remainder chunk."""
+    cfg = {**MT_SMALL, **over}
+    seq, bat = MTGAN(cfg, SHAPE, "cpu", 5), MTGAN({**cfg, "task_batch": 2}, SHAPE, "cpu", 5)
+    assert max_diff(seq.parameters(), bat.parameters()) == 0
+    start = [p.detach().clone() for p in mt_state(seq)]
+    for step in range(2):
+        ts = mt_tasks(3, seed0=300 + 50 * step)
+        s_stats, s_grad, s_calls = step_recording(seq, ts)
+        b_stats, b_grad, b_calls = step_recording(bat, ts)
+        assert len(s_calls) == len(b_calls) == 1
+        assert max_diff(s_grad, b_grad) < 1e-12
+        assert max_diff(mt_state(seq), mt_state(bat)) < 1e-10
+        assert set(s_stats) == set(b_stats)
+        for k in s_stats:
+            assert b_stats[k] == pytest.approx(s_stats[k], rel=1e-9, abs=1e-12), k
+    assert max_diff(mt_state(seq), start) > 1e-5  # SS and the heads moved: the comparison has power
+    assert max_diff(seq.frozen_params(), bat.frozen_params()) == 0
+
+
+def test_mtgan_batched_uses_each_task_seed(float64):
+    cfg = {**MT_SMALL, "task_batch": 3, "inner_steps": 1}
+    ts = mt_tasks(3)
+    _, g_ref, _ = step_recording(MTGAN(cfg, SHAPE, "cpu", 5), ts)
+    moved = list(ts)
+    moved[4] = Task(ts[4].images, ts[4].label, ts[4].seed + 1)  # the first task of the third N-way task
+    _, g_seed, _ = step_recording(MTGAN(cfg, SHAPE, "cpu", 5), moved)
+    assert max_diff(g_ref, g_seed) > 1e-9
+
+
+def test_mtgan_batched_float32_ss_gradient_matches():
+    cfg = {**MT_SMALL, "width": 4, "inner_steps": 1}
+    ts = mt_tasks(4)
+    _, s_grad, _ = step_recording(MTGAN(cfg, SHAPE, "cpu", 5), ts)
+    _, b_grad, _ = step_recording(MTGAN({**cfg, "task_batch": 4}, SHAPE, "cpu", 5), ts)
+    scale = max(float(g.abs().max()) for g in s_grad)
+    assert max_diff(s_grad, b_grad) < 1e-3 * scale
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, True, "2"])
+def test_mtgan_bad_task_batch_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="task_batch"):
+        MTGAN({**MT_SMALL, "task_batch": bad}, SHAPE, "cpu", 5)
+
+
+# ------------------------------------------------------------------ transfer baselines: per-class fine-tuning batched
+from methods.transfer import Transfer  # noqa: E402
+
+TR_SHAPE = (1, 8, 8)  # the smallest side the transfer nets take
+TR_SMALL = {"width": 2, "z_dim": 6, "augment_to": 12, "finetune_batch": 4, "adapt_steps": 3, "n_cat": 3, "n_cont": 1}
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "cdcgan", "infogan"])
+def test_transfer_adapt_many_batched_equals_adapt(arch, float64):
+    """3 classes at task_batch=2 (a full chunk and a remainder): every fine-tuned G equals ``adapt``'s, and so
+    do its samples; the meta-model is left untouched."""
+    cfg = {**TR_SMALL, "arch": arch}
+    seq, bat = Transfer(cfg, TR_SHAPE, "cpu", 4), Transfer({**cfg, "task_batch": 2}, TR_SHAPE, "cpu", 4)
+    if arch == "cdcgan":  # classes seen in pre-training: the new-class slot is their mean
+        for m in (seq, bat):
+            m.class_usage.data[:2] = 1
+    before = [p.detach().clone() for p in bat.parameters()]
+    g = torch.Generator().manual_seed(1)
+    shots = [torch.rand(k, *TR_SHAPE, generator=g) * 2 - 1 for k in (2, 3, 2)]
+    seeds = [11, 12, 13]
+    want = [seq.adapt(s, seed) for s, seed in zip(shots, seeds)]
+    got = bat.adapt_many(shots, seeds)
+    assert len(got) == 3
+    start = Transfer(cfg, TR_SHAPE, "cpu", 4).G.parameters()
+    assert max_diff(want[0].G.parameters(), start) > 1e-6  # fine-tuning moved G: the comparison has power
+    for w, b in zip(want, got):
+        assert max_diff(w.G.parameters(), b.G.parameters()) < 1e-10
+        assert torch.allclose(w.sample(5, seed=3), b.sample(5, seed=3), atol=1e-10)
+    assert max_diff(bat.parameters(), before) == 0
+
+
+def test_transfer_adapt_many_default_and_zero_steps_are_adapt():
+    m = Transfer({**TR_SMALL, "task_batch": 4}, TR_SHAPE, "cpu", 4)
+    shots = [torch.rand(2, *TR_SHAPE) * 2 - 1 for _ in range(2)]
+    a, b = m.adapt_many(shots, [1, 2], steps=0), [m.adapt(s, i, steps=0) for s, i in zip(shots, (1, 2))]
+    assert all(max_diff(x.G.parameters(), y.G.parameters()) == 0 for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("bad", [0, 2.0, False])
+def test_transfer_bad_task_batch_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="task_batch"):
+        Transfer({**TR_SMALL, "task_batch": bad}, TR_SHAPE, "cpu", 4)
