@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--experiment", default=None, help="MLflow experiment name")
     t.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     t.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for fid_inception")
+    t.add_argument("--lpips-weights", metavar="FILE",
+                   help="torchvision ImageNet weights of alexnet/vgg16/squeezenet1_1 (e.g. alexnet-owt-7be5be79.pth): "
+                        "adds lpips_diversity* (LPIPS, Zhang et al. 2018) to the evaluation (= --set lpips_weights=FILE)")
     t.add_argument("--max-failures", type=int, default=1, help="worker failures survived (restart from checkpoint)")
     t.add_argument("--resume", metavar="RUN_ID", help="continue a train run from its last checkpoint")
     t.add_argument("--replicates", type=int, default=1,
@@ -132,6 +135,8 @@ def _dispatch(args: argparse.Namespace) -> dict:
                                 "train protonet or train metairnet")
             sets = [*([f"backbone={args.backbone}"] if args.backbone else []),
                     *([f"backbone_weights={args.backbone_weights}"] if args.backbone_weights else []), *sets]
+        if args.lpips_weights:  # a shortcut for --set lpips_weights=FILE, recorded as a param like every value
+            sets = [f"lpips_weights={args.lpips_weights}", *sets]
         scale = Scale(args.workers, args.cpus_per_worker, args.gpus_per_worker, args.max_failures)
         if args.replicates != 1:
             if args.resume:

@@ -27,6 +27,7 @@ HARNESS_DEFAULTS: dict[str, Any] = {
     "val_generate": 96,  # images per validation class at checkpoint selection (FID needs more than its 64 feature dims)
     "n_generate": 128,  # images per novel class in the final evaluation
     "eval_seed": 0,
+    "lpips_weights": "",  # torchvision backbone weights file: adds lpips_diversity* to the novel-class evaluation
     "select_metric": "val_fid_domain",  # chosen on validation classes; class_hit: higher is better; "last": latest
 }
 

@@ -116,6 +116,7 @@ class GeneratorKind(Kind):
         check_class_sizes(ds, split.base, task_images(cfg), "meta-training tasks (shots + queries)")
         check_class_sizes(ds, split.val + split.novel, min_eval_images(int(cfg["shots"])),
                           "evaluation (the shots + at least two real images for FID)")
+        lpips_for(cfg)  # a bad --lpips-weights file is refused before the run starts
 
     def aids(self, cfg, ds, split, method, inception_weights=None) -> Aids:
         val = features_for(ds, split, None, domain_only=True)
@@ -147,7 +148,7 @@ class GeneratorKind(Kind):
         return evaluate_generator(model, lambda: build_method(method_name, cfg, ds.image_shape, num_classes=ds.num_classes,
                                                               seed=seed),
                                   ds, split.novel, final_aid, shots=int(cfg["shots"]), n_generate=n_generate, seed=seed,
-                                  controls=True, progress=True)
+                                  controls=True, progress=True, lpips=lpips_for(cfg))
 
 
 class ClassifierKind(Kind):
@@ -156,6 +157,9 @@ class ClassifierKind(Kind):
     def check(self, cfg, ds, split, method) -> None:
         from orchestrator.classify import check_episodes, load_store_for
 
+        if cfg.get("lpips_weights"):
+            raise UserError("--lpips-weights scores generated images, so it applies to generators, not to a few-shot "
+                            "classifier; drop --lpips-weights (or --set lpips_weights)")
         check_episodes(cfg, ds, split)
         load_store_for(cfg, ds, split, method)  # every needed generated image present
 
@@ -226,6 +230,17 @@ def log(msg: str) -> None:
     import sys
 
     print(msg, file=sys.stderr, flush=True)
+
+
+def lpips_for(cfg: dict[str, Any]):
+    """The LPIPS diversity scorer of ``cfg['lpips_weights']`` (``evaluation.lpips_diversity``), or None when unset.
+
+    Raises UserError on a file that is missing or not a torchvision AlexNet/VGG16/SqueezeNet1.1 state dict."""
+    if not cfg.get("lpips_weights"):
+        return None
+    from orchestrator.evaluation.lpips_diversity import LpipsDiversity
+
+    return LpipsDiversity(cfg["lpips_weights"])
 
 
 def features_for(ds, split, inception_weights: str | None, domain_only: bool = False):

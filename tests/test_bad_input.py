@@ -193,6 +193,13 @@ CASES: dict[str, tuple] = {
     "train-tracking-folder-missing": (
         lambda w: ["train", "figr", "--steps", "2", *FAST, "--tracking-uri", f"sqlite:///{w.missing}/mlflow.db"],
         ["does not exist", "--tracking-uri"]),
+    # --- --lpips-weights: a missing file, a file that is not a weights-only state dict, a classifier
+    "train-lpips-weights-missing": (lambda w: ["train", "figr", "--steps", "2", "--lpips-weights", w.missing],
+                                    ["--lpips-weights", "no such file", "alexnet"]),
+    "train-lpips-weights-not-a-state-dict": (lambda w: ["train", "figr", "--steps", "2", "--lpips-weights", w.file],
+                                             ["--lpips-weights", "cannot be read", "alexnet"]),
+    "train-lpips-weights-on-classifier": (lambda w: ["train", "protonet", "--steps", "2", "--lpips-weights", w.file],
+                                          ["--lpips-weights", "generators"]),
     # --- train --resume
     "resume-changed-set": (lambda w: ["train", "--resume", w.run, "--steps", "4", "--set", "inner_lr=0.002"],
                            ["inner_lr", "start a new run"]),

@@ -194,7 +194,8 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
                        adapt_steps: int | None = None, controls: bool = True,
                        progress: bool = True, base_classes: list[int] | None = None, memorized_q: float = 0.05,
                        prdc_k: int = 5, floor_replicates: int | None = None,
-                       kid_subsets: int = 100) -> EvalResult:
+                       kid_subsets: int = 100,
+                       lpips: Callable[[torch.Tensor, int], float] | None = None) -> EvalResult:
     """Score ``method`` on ``classes`` with the one protocol; see the module docstring.
 
     Arguments beyond the protocol's (shots, n_generate, seed, adapt_steps, controls):
@@ -203,7 +204,8 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
       ``memorized_q``: the memorisation rule's quantile (``metrics.memorized_share``);
       ``prdc_k``: PRDC's k nearest neighbours; ``floor_replicates``: bootstrap draws behind the
       ``_real`` FID/KID floor (default 3, or 1 above 512 feature dimensions: each is one more FID);
-      ``kid_subsets``: subsets behind KID's spread.
+      ``kid_subsets``: subsets behind KID's spread;
+      ``lpips``: an ``evaluation.lpips_diversity.LpipsDiversity`` (from ``--lpips-weights``); None = no LPIPS figure.
 
     Feature space. FID, KID, PRDC and the memorisation figure are computed on features standardised
     per dimension with the mean and standard deviation of the base classes' real images
@@ -237,6 +239,9 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
       (the shots repeated to ``n_generate``; ``diverged_*`` for the two model controls) with controls;
       with controls also ``diversity{suffix}`` (mean pairwise raw-feature distance within a class), ``mse``,
       ``ssim``, ``mse_shots``, ``ssim_shots`` (each generated image vs its nearest real, ``metrics.mse_ssim``).
+      With ``lpips``: ``lpips_diversity{suffix}`` (per class, mean LPIPS distance over seeded pairs of distinct
+      images, then the mean over classes; in LPIPS units) for the method, and with controls for each control
+      and ``lpips_diversity_real`` (the class's reals): the repeated shots score low, copies being at distance 0.
     The ``_real`` control (with controls), the yardstick a generator of real class images would reach:
       ``fid_{kind}_real``, ``kid_{kind}_real``, ``kid_{kind}_std_real``, ``fid_{kind}_per_class_real``: at the
       method's sample sizes: per class ``n_generate`` images drawn with replacement from the class's reals
@@ -316,6 +321,12 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
     def count_bad(suffix: str, images: torch.Tensor) -> None:
         bad_images[suffix] += int((~torch.isfinite(images.reshape(len(images), -1))).any(1).sum())
 
+    lp_values: dict[str, dict[int, float]] = {}
+
+    def lp(suffix: str, c: int, images: torch.Tensor) -> None:
+        if lpips is not None:
+            lp_values.setdefault(suffix, {})[c] = lpips(images, _derived_seed(seed, c, 3))
+
     def pixel_scores(key: str, images: torch.Tensor, reals: torch.Tensor) -> None:
         try:
             mse, ssim = M.mse_ssim(images, reals)
@@ -336,6 +347,7 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
         fake = _generate(method, shot_imgs, c, seed, n_generate, adapt_steps, shape)
         count_bad("", fake)
         gen_feats[""][c] = features(fake)
+        lp("", c, fake)
         if i < GRID_CLASSES:
             grid_rows.append(torch.cat([shot_imgs, fake[:n_grid]]))
         if i < KEEP_GENERATED:
@@ -345,13 +357,17 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
             unadapted = _generate(method, shot_imgs, c, seed, n_generate, 0, shape)
             count_bad("_unadapted", unadapted)
             gen_feats["_unadapted"][c] = features(unadapted)
+            lp("_unadapted", c, unadapted)
             if scratch is not None:
                 fake_scratch = _generate(scratch, shot_imgs, c, seed, n_generate, adapt_steps, shape)
                 count_bad("_scratch", fake_scratch)
                 gen_feats["_scratch"][c] = features(fake_scratch)
+                lp("_scratch", c, fake_scratch)
             reps = shot_imgs.repeat(math.ceil(n_generate / shots), 1, 1, 1)[:n_generate]
             gen_feats["_shots"][c] = np.tile(shot_feats[c], (math.ceil(n_generate / shots), 1))[:n_generate]
             pixel_scores("mse_shots", reps, real_imgs)
+            lp("_shots", c, reps)
+            lp("_real", c, real_imgs)
         say(f"class {i + 1}/{len(classes)} done ({time.time() - t0:.1f}s)")
 
     rec = _Record(classes)
@@ -394,6 +410,13 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
             rec.put(f"mode_score_{kind}{suffix}", lambda: M.mode_score(gen_probs, real_probs))
         if controls:
             rec.put_per_class(f"diversity{suffix}", lambda c: M.diversity_per_class([gen[c]])[0])
+
+    for suffix, values in lp_values.items():
+        if bad_images.get(suffix):
+            rec.fail(f"lpips_diversity{suffix}", f"diverged: {bad_images[suffix]} generated images have NaN/inf pixels")
+            rec.per_class[f"lpips_diversity{suffix}"] = [math.nan] * len(classes)
+        else:
+            rec.put_per_class(f"lpips_diversity{suffix}", values.__getitem__)
 
     if controls:
         for key in ("mse", "ssim", "mse_shots", "ssim_shots"):
