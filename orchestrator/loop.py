@@ -186,7 +186,10 @@ def fit(method: str, cfg: dict[str, Any], ds, split, val_aid, *, workers: int, c
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=str(storage_path),
-            failure_config=FailureConfig(max_failures=max_failures),
+            # Worker failures are retried (max_failures); a controller error is not: it is the Recorder saying the
+            # tracking store took no record after MLflow's own retries (or a Ray Train bug), and Ray's default (-1,
+            # retry forever) would re-train from the last checkpoint again and again.
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=3, **scoring),
             callbacks=callbacks or None,
         ),
