@@ -14,6 +14,9 @@ DATA_ROOT = Path(os.environ.get("FSIG_DATASETS", REPO.parent / "shared" / "datas
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # As orchestrator.lifecycle.ensure_ray does: Ray's default worker niceness (15) starves the workers on a busy machine.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# MLflow 3.17's `mlflow server`/`mlflow ui` start a job runner with ~7 huey consumer processes by default (GenAI
+# jobs the tests never use): on 2 cores they compete with the runs under test. Servers the tests start inherit this.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 sys.path.insert(0, str(REPO))
 
 
