@@ -15,6 +15,27 @@ by its novel-class score would select on the test classes. A ``val_*`` metric's 
 over the run's history (what checkpoint selection used), not its last; the table then shows the
 chosen run's novel-class metrics.
 
+Replicates, budgets and paired differences (issue 12):
+
+- A ``train --replicates N`` parent (tag ``replicate_role=parent``) is one row: its metrics are the
+  parent's ``<metric>_mean``, printed as ``mean [ci_low, ci_high]``; its seed children are not ranked on
+  their own (counted as ``replicate_child``). A ``val_*`` ranking metric, which the parent does not
+  hold, is the mean over its children of each child's best value, with its interval over seeds. In a
+  (method, dataset) group that has a replicate parent, only replicate parents compete: a single run's
+  lucky seed must not outrank a mean over seeds.
+- Every row shows its budget (``meta_steps``, ``tasks_seen``, ``images_seen``, ``train_seconds``; the
+  mean over seeds for a replicate parent). A row is flagged when a budget counter differs by more than
+  10% from more than half of the other rows of its dataset (two rows that differ are both flagged). The
+  counters checked are those of the budget the runs were given: ``meta_steps`` and ``tasks_seen`` when
+  all ran on ``--steps``, ``train_seconds`` when all ran on ``--budget-minutes``, all three when mixed or
+  unknown. ``images_seen`` is shown, never flagged: images per task differ between methods by design.
+- Paired differences: ``--pair RUN_A RUN_B`` (repeatable), or by default the best row of each dataset
+  against every other row of that dataset. Two rows pair only when they were evaluated on the same
+  novel classes under the same (training seed, evaluation seed) set; the difference of ``--diff-metric``
+  (default: the ranking metric without ``val_``) is then ``stats.paired_difference_ci`` over the
+  per-class values of ``per_class_<figure>.json`` (or over seeds alone for a pooled metric), and an
+  interval that covers 0 is printed as "not separated".
+
 Heavy imports (MLflow, matplotlib) happen inside ``run`` so ``--help`` stays fast.
 """
 from __future__ import annotations
@@ -48,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="whether lower or higher --metric is better (default: from its name; "
                         "fid/kid/mse/loss: min, class_hit/ssim/accuracy: max)")
     p.add_argument("--out", type=Path, default=Path("compare.png"), help="plot PNG (default compare.png)")
+    p.add_argument("--pair", nargs=2, action="append", metavar=("RUN_A", "RUN_B"), default=None,
+                   help="paired difference RUN_A - RUN_B with its 95%% interval (repeatable; default: the best row "
+                        "of each dataset against every other row); replicate parents or single runs")
+    p.add_argument("--diff-metric", default=None,
+                   help="metric of the paired differences (default: --metric without val_, e.g. fid_domain)")
 
 
 def variant_label(method: str, params: dict[str, str]) -> str:
@@ -82,8 +108,14 @@ class _Rows(list):
     """The rows list; printed as a one-line summary by the CLI's plain (non --json) output,
     since the table itself is already on stdout. JSON serialises it as a plain list."""
 
+    what = "rows (table above)"
+
     def __str__(self) -> str:
-        return f"{len(self)} rows (table above)"
+        return f"{len(self)} {self.what}"
+
+
+class _Pairs(_Rows):
+    what = "paired differences (above)"
 
 
 def _search(client, experiment_ids: list[str], filter_string: str = "") -> list:
@@ -136,14 +168,51 @@ def _collect(client, uri: str, args: argparse.Namespace) -> tuple[list, str, str
     return _search(client, [exp.experiment_id]), f"experiment {name}", None
 
 
-def _select(runs: list, metric: str) -> tuple[list, dict[str, int]]:
-    """The rankable runs, and how many of each kind were skipped."""
+class _Unit:
+    """One rankable thing: a single run, or a replicate parent with its finished seed runs (``members``)."""
+
+    def __init__(self, run, members: list | None = None):
+        self.run = run
+        self.replicate = members is not None
+        self.members = members if members is not None else [run]
+
+
+def _is_replicate_parent(run) -> bool:
+    return run.data.tags.get("replicate_role") == "parent"
+
+
+def _children_of(client, run) -> list:
+    """Child runs of ``run`` (any status), oldest first."""
+    return _search(client, [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+
+
+def _has_metric(unit: _Unit, metric: str) -> bool:
+    if unit.replicate and _finite(unit.run.data.metrics.get(f"{metric}_mean")) is not None:
+        return True
+    return any(_finite(r.data.metrics.get(metric)) is not None for r in unit.members)
+
+
+def _select(client, runs: list, metric: str) -> tuple[list[_Unit], dict[str, int]]:
+    """The rankable units (single runs and replicate parents), and how many of each kind were skipped."""
+    replicate_parents = {r.info.run_id for r in runs if _is_replicate_parent(r)}
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs if "evaluates" not in r.data.tags}
-    skipped = {"not_finished": 0, "missing_metric": 0, "sweep_parent": 0, "re_evaluation": 0}
+    kids: dict[str, list] = {}
+    for r in runs:
+        kids.setdefault(r.data.tags.get("mlflow.parentRunId"), []).append(r)
+    skipped = {"not_finished": 0, "missing_metric": 0, "sweep_parent": 0, "re_evaluation": 0, "replicate_child": 0}
     kept = []
     for r in runs:
-        if r.info.status != "FINISHED":
+        if r.data.tags.get("mlflow.parentRunId") in replicate_parents:
+            skipped["replicate_child"] += 1  # represented by its parent's mean and interval
+        elif r.info.status != "FINISHED":
             skipped["not_finished"] += 1
+        elif _is_replicate_parent(r):
+            children = kids.get(r.info.run_id) or _children_of(client, r)  # --parent SWEEP: grandchildren
+            unit = _Unit(r, [k for k in children if k.info.status == "FINISHED" and "evaluates" not in k.data.tags])
+            if _has_metric(unit, metric):
+                kept.append(unit)
+            else:
+                skipped["missing_metric"] += 1
         elif r.info.run_id in parents or r.data.tags.get("sweep_role") == "parent":
             skipped["sweep_parent"] += 1
         elif "evaluates" in r.data.tags:
@@ -151,7 +220,7 @@ def _select(runs: list, metric: str) -> tuple[list, dict[str, int]]:
         elif _finite(r.data.metrics.get(metric)) is None:
             skipped["missing_metric"] += 1
         else:
-            kept.append(r)
+            kept.append(_Unit(r))
     return kept, skipped
 
 
@@ -170,18 +239,232 @@ def _row_metrics(run, metric: str, value: float | None) -> dict[str, float | Non
     return {metric: value, **{k: _finite(m[k]) for k in dict.fromkeys(keys) if k != metric}}
 
 
+def _unit_value(client, unit: _Unit, metric: str, mode: str) -> tuple[float | None, tuple[float, float] | None]:
+    """The ranking value of a unit and, for a replicate parent, its 95% interval over seeds (and classes)."""
+    if not unit.replicate:
+        return _value(client, unit.run, metric, mode), None
+    m = unit.run.data.metrics
+    if _finite(m.get(f"{metric}_mean")) is not None:
+        return float(m[f"{metric}_mean"]), (float(m.get(f"{metric}_ci_low", math.nan)),
+                                            float(m.get(f"{metric}_ci_high", math.nan)))
+    values = [v for v in (_value(client, k, metric, mode) for k in unit.members) if v is not None]
+    if not values:
+        return None, None
+    import numpy as np
+
+    from orchestrator.evaluation.stats import bootstrap_ci
+
+    ci = bootstrap_ci(np.asarray(values, dtype=np.float64)[:, None])  # [seeds, 1]: over seeds
+    return ci.mean, (ci.low, ci.high)
+
+
+def _unit_metrics(unit: _Unit, metric: str, value: float | None,
+                  interval: tuple[float, float] | None) -> tuple[dict[str, float | None], dict[str, list]]:
+    """The row's metrics (a replicate parent's ``<metric>_mean``) and their ``[ci_low, ci_high]``."""
+    if not unit.replicate:
+        return _row_metrics(unit.run, metric, value), {}
+    m = unit.run.data.metrics
+    names = [k[:-len("_mean")] for k in m if k.endswith("_mean") and f"{k[:-len('_mean')]}_ci_low" in m]
+    keys = sorted(k for k in names if k.startswith(("fid_", "kid_"))) + [k for k in _ROW_METRICS if k in names]
+    metrics = {metric: value, **{k: _finite(m[f"{k}_mean"]) for k in dict.fromkeys(keys) if k != metric}}
+    intervals = {k: [_finite(m[f"{k}_ci_low"]), _finite(m[f"{k}_ci_high"])] for k in keys if k != metric}
+    if interval is not None:
+        intervals[metric] = [_finite(interval[0]), _finite(interval[1])]
+    return metrics, intervals
+
+
+BUDGET_KEYS = ("meta_steps", "tasks_seen", "images_seen", "train_seconds")
+# Flagged when they differ by more than BUDGET_TOLERANCE from most other rows of a dataset (budget_flags).
+# images_seen is shown, not flagged: a task's images (shots + queries) differ between methods by design.
+FLAGGED_BUDGET_KEYS = ("meta_steps", "tasks_seen", "train_seconds")
+BUDGET_TOLERANCE = 0.10
+
+
+def _unit_budget(unit: _Unit) -> dict[str, float | None]:
+    """Each budget counter of the run, or its mean over a replicate parent's seed runs (None if unrecorded)."""
+    out: dict[str, float | None] = {}
+    for key in BUDGET_KEYS:
+        values = [v for v in (_finite(r.data.metrics.get(key)) for r in unit.members) if v is not None]
+        out[key] = sum(values) / len(values) if values else None
+    return out
+
+
+def budget_keys(kinds: list[str | None]) -> tuple[str, ...]:
+    """The counters that measure the budget the rows were given: ``meta_steps`` and ``tasks_seen`` when every row
+    ran on ``--steps``, ``train_seconds`` when every row ran on ``--budget-minutes``, all three otherwise."""
+    if kinds and all(k == "steps" for k in kinds):
+        return ("meta_steps", "tasks_seen")
+    if kinds and all(k == "minutes" for k in kinds):
+        return ("train_seconds",)
+    return FLAGGED_BUDGET_KEYS
+
+
+def _budget_kind(run) -> str | None:
+    """``steps`` or ``minutes``: what the run's config budgeted (None when the run has no such params)."""
+    try:
+        if float(run.data.params.get("steps", "nan")) > 0:
+            return "steps"
+        if float(run.data.params.get("budget_minutes", "nan")) > 0:
+            return "minutes"
+    except ValueError:
+        pass
+    return None
+
+
+def budget_flags(budgets: list[dict[str, float | None]], tolerance: float = BUDGET_TOLERANCE,
+                 keys: tuple[str, ...] = FLAGGED_BUDGET_KEYS) -> list[list[str]]:
+    """For each row (rows of one dataset), the budget counters of ``keys`` on which it differs by
+    more than ``tolerance`` (relative to the other row's value) from more than half of the other rows, e.g.
+    ``["meta_steps 150 vs 300"]`` (300: the median of the others). So with two rows both are flagged when they
+    differ, and with several the odd one out is. A counter the others recorded and this row did not is flagged
+    ``"<key> not recorded"``; a row alone gets no flag."""
+    import statistics
+
+    flags: list[list[str]] = [[] for _ in budgets]
+    for key in keys:
+        for i, b in enumerate(budgets):
+            others = [o[key] for j, o in enumerate(budgets) if j != i and o.get(key) is not None]
+            v = b.get(key)
+            if not others:
+                continue
+            if v is None:
+                flags[i].append(f"{key} not recorded")
+                continue
+            differ = sum(abs(v - o) > tolerance * abs(o) for o in others)
+            if differ * 2 > len(others):
+                flags[i].append(f"{key} {v:.4g} vs {statistics.median(others):.4g}")
+    return flags
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
+def _cell(row: dict[str, Any], c: str) -> str:
+    """``mean [low, high]`` where the row has an interval for ``c``, else the value."""
+    iv = row.get("intervals", {}).get(c)
+    if iv is not None and row["metrics"].get(c) is not None:
+        return f"{_fmt(row['metrics'][c])} [{_fmt(iv[0])}, {_fmt(iv[1])}]"
+    return _fmt(row["metrics"].get(c))
+
+
 def _table(rows: list[dict[str, Any]], metric: str, mode: str) -> str:
     cols = [metric] + [k for k in TABLE_METRICS if k != metric and any(k in r["metrics"] for r in rows)]
-    head = (["method", "dataset", "runs", "best run"] + [f"{c} ({mode})" if c == metric else c for c in cols]
-            + ["run id"])
-    body = [[r["method"], r["dataset"], str(r["n_runs"]), r["run_name"] or "-"]
-            + [_fmt(r["metrics"].get(c)) for c in cols] + [r["run_id"]] for r in rows]
+    head = (["method", "dataset", "runs", "best run", "seeds"]
+            + [f"{c} ({mode})" if c == metric else c for c in cols]
+            + ["meta_steps", "tasks_seen", "images_seen", "train_s", "budget", "run id"])
+    body = [[r["method"], r["dataset"], str(r["n_runs"]), r["run_name"] or "-", str(r["seeds"])]
+            + [_cell(r, c) for c in cols]
+            + [_fmt(r["budget"].get(k)) for k in BUDGET_KEYS]
+            + ["UNEQUAL: " + ", ".join(r["budget_flags"]) if r["budget_flags"] else "ok", r["run_id"]]
+            for r in rows]
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [head] + body)
+
+
+# ------------------------------------------------------------------------- paired differences ----
+
+def _figure_stem(run) -> str:
+    from orchestrator.kinds import ClassifierKind, GeneratorKind
+
+    figure = ClassifierKind.figure if run.data.tags.get("kind") == "classifier" else GeneratorKind.figure
+    return figure.rsplit(".", 1)[0]
+
+
+def _seed_cells(uri: str, unit: _Unit, metric: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (training seed, evaluation seed) of the unit: the novel classes, the metric's per-class values (None
+    when the evaluation kept none for it) and its headline value, from ``per_class_<figure>.json``."""
+    from orchestrator import tracking
+
+    cells = {}
+    for r in unit.members:
+        key = (r.data.params.get("seed", r.data.tags.get("seed", "?")),
+               r.data.params.get("eval_seed", r.data.tags.get("eval_seed", "?")))
+        try:
+            saved = tracking.load_json_artifact(uri, r.info.run_id, f"per_class_{_figure_stem(r)}.json")
+        except UserError:  # a run recorded before per-class files, or logged by hand: its headline value only
+            saved = {}
+        classes = saved.get("classes") or None
+        values = (saved.get("per_class") or {}).get(metric)
+        if classes is None or values is None or len(values) != len(classes):
+            values = None
+        headline = (saved.get("metrics") or {}).get(metric, r.data.metrics.get(metric))
+        cells[key] = {"classes": classes, "values": values, "headline": math.nan if headline is None else headline}
+    return cells
+
+
+def paired_difference(uri: str, a: _Unit, b: _Unit, metric: str) -> dict[str, Any]:
+    """``a - b`` of ``metric`` with its 95% interval, or a ``note`` saying why the two cannot be paired."""
+    import numpy as np
+
+    from orchestrator.evaluation.stats import paired_difference_ci
+
+    out: dict[str, Any] = {"a": a.run.info.run_id, "b": b.run.info.run_id, "metric": metric, "difference": None,
+                           "ci_low": None, "ci_high": None, "separated": False, "n_seeds": 0, "n_classes": 0,
+                           "note": ""}
+    ca, cb = _seed_cells(uri, a, metric), _seed_cells(uri, b, metric)
+    if set(ca) != set(cb):
+        out["note"] = (f"not paired: different (seed, eval_seed) sets {sorted(ca)} and {sorted(cb)}")
+        return out
+    keys = sorted(ca)
+    rows = [c[k] for c in (ca, cb) for k in keys]
+    known = [frozenset(r["classes"]) for r in rows if r["classes"] is not None]
+    if len(set(known)) > 1:
+        out["note"] = "not paired: evaluated on different novel classes"
+        return out
+    if len(known) == len(rows) and all(r["values"] is not None for r in rows):
+        order = sorted(known[0])  # every row in one class order: cell (s, c) of a and b is the same class c
+
+        def grid(c: dict) -> np.ndarray:
+            return np.array([[dict(zip(c[k]["classes"], c[k]["values"]))[x] for x in order] for k in keys],
+                            dtype=np.float64)
+
+        grid_a, grid_b = grid(ca), grid(cb)
+    else:  # a pooled metric (FID, KID, accuracy): one value per seed, paired over seeds
+        grid_a = np.array([[ca[k]["headline"]] for k in keys], dtype=np.float64)
+        grid_b = np.array([[cb[k]["headline"]] for k in keys], dtype=np.float64)
+    d = paired_difference_ci(grid_a, grid_b)
+    out.update({"difference": _finite(d.mean), "ci_low": _finite(d.low), "ci_high": _finite(d.high),
+                "separated": bool(d.separated), "n_seeds": int(d.n_seeds), "n_classes": int(d.n_classes)})
+    if d.n_cells <= 1:
+        out["note"] = "one value per row: no interval, cannot be separated"
+    elif not d.separated:
+        out["note"] = "not separated"
+    else:
+        mode = metric_mode(metric)
+        better = None if mode is None else ((d.mean < 0) == (mode == "min"))
+        out["note"] = "separated" + ("" if better is None else f": {'a' if better else 'b'} is better")
+    return out
+
+
+def _fmt_pair(p: dict[str, Any]) -> str:
+    name = f"{p['a_label']} - {p['b_label']}"
+    if p["difference"] is None and p["note"].startswith("not paired"):
+        return f"  {name}: {p['note']}"
+    size = f"{p['n_seeds']} seed(s) x {p['n_classes']} class(es)" if p["n_classes"] > 1 else f"{p['n_seeds']} seed(s)"
+    if p["note"].startswith("one value"):
+        return f"  {name}: {_fmt(p['difference'])}  ({p['note']}; {size})"
+    return (f"  {name}: {_fmt(p['difference'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]  {p['note']}  "
+            f"({size})")
+
+
+def _pair_unit(client, uri: str, run_id: str, units: dict[str, _Unit]) -> _Unit:
+    """The unit of a ``--pair`` run id: a row's unit, or any run of the store (a replicate parent with its seeds)."""
+    if run_id in units:
+        return units[run_id]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"--pair {run_id}: no such run in {uri}; pass run ids from the table's 'run id' column "
+                        f"(or a train/replicates --json run_id)") from None
+    if run.info.status != "FINISHED":
+        raise UserError(f"--pair {run_id}: the run is {run.info.status}, not FINISHED; pair finished runs only")
+    if _is_replicate_parent(run):
+        return _Unit(run, [k for k in _children_of(client, run) if k.info.status == "FINISHED"
+                           and "evaluates" not in k.data.tags])
+    return _Unit(run)
 
 
 def _plot(series: dict[str, list[float]], best: dict[str, int], metric: str, mode: str, title: str,
@@ -235,38 +518,77 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     if not runs:
         raise UserError(f"{source} has no runs yet: train or sweep into it first (train --experiment NAME), or "
                         f"pass --experiment with an experiment that holds runs")
-    kept, skipped = _select(runs, metric)
+    kept, skipped = _select(client, runs, metric)
     if not kept:
         present = sorted({k for r in runs if r.info.status == "FINISHED" for k in r.data.metrics
                           if not k.startswith(("val_", "loss"))})
         raise UserError(f"no finished run in {source} has metric {metric!r} ({len(runs)} runs; skipped "
                         f"{', '.join(f'{v} {k}' for k, v in skipped.items() if v) or 'none'}): pass --metric "
                         f"with one they have ({', '.join(present[:12]) or 'none recorded'}) or wait for runs to finish")
+    diff_metric = args.diff_metric or (metric[len("val_"):] if metric.startswith("val_") else metric)
+    by_id = {u.run.info.run_id: u for u in kept}
+    asked = [(_pair_unit(client, uri, a, by_id), _pair_unit(client, uri, b, by_id)) for a, b in (args.pair or [])]
 
-    groups: dict[tuple[str, str], list] = {}
-    for r in kept:
+    groups: dict[tuple[str, str], list[_Unit]] = {}
+    for u in kept:
+        r = u.run
         key = (variant_label(r.data.tags.get("method", "-"), r.data.params), r.data.tags.get("dataset", "-"))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(key, []).append(u)
     pick = min if mode == "min" else max
     rows = _Rows()
+    units: list[_Unit] = []
     series: dict[str, list[float]] = {}
     best_index: dict[str, int] = {}
     several_datasets = len({d for _, d in groups}) > 1
     for (method, dataset), group in sorted(groups.items()):
-        scored = [(r, _value(client, r, metric, mode)) for r in group]
-        group = [r for r, v in scored if v is not None]
-        values = [float(v) for _, v in scored if v is not None]
+        if any(u.replicate for u in group):  # a mean over seeds is not outranked by one run's lucky seed
+            skipped["single_beside_replicates"] = skipped.get("single_beside_replicates", 0) + sum(
+                not u.replicate for u in group)
+            group = [u for u in group if u.replicate]
+        scored = [(u, *_unit_value(client, u, metric, mode)) for u in group]
+        scored = [(u, float(v), iv) for u, v, iv in scored if v is not None]
+        if not scored:
+            continue
+        values = [v for _, v, _ in scored]
         i = values.index(pick(values))  # first of equals: the earlier run
-        best = group[i]
-        rows.append({"method": method, "dataset": dataset, "run_id": best.info.run_id,
-                     "run_name": best.info.run_name, "n_runs": len(group), "value": values[i],
-                     "metrics": _row_metrics(best, metric, values[i])})
+        best, value, interval = scored[i]
+        metrics, intervals = _unit_metrics(best, metric, value, interval)
+        rows.append({"method": method, "dataset": dataset, "run_id": best.run.info.run_id,
+                     "run_name": best.run.info.run_name, "n_runs": len(scored), "value": value,
+                     "replicates": best.replicate, "seeds": len(best.members), "metrics": metrics,
+                     "intervals": intervals, "budget": _unit_budget(best), "budget_kind": _budget_kind(best.run)})
+        units.append(best)
         label = f"{method} / {dataset}" if several_datasets else method
         series[label], best_index[label] = values, i
+    for dataset in {r["dataset"] for r in rows}:
+        mine = [r for r in rows if r["dataset"] == dataset]
+        keys = budget_keys([r["budget_kind"] for r in mine])
+        for r, flags in zip(mine, budget_flags([r["budget"] for r in mine], keys=keys)):
+            r["budget_flags"] = flags
 
     print(f"{source}: {len(kept)} runs ranked by {metric} ({mode}); skipped "
           f"{sum(skipped.values())} ({', '.join(f'{v} {k}' for k, v in skipped.items() if v) or 'none'})")
     print(_table(rows, metric, mode), flush=True)
+
+    if not asked:  # the best row of each dataset against every other row of that dataset
+        for dataset in sorted({r["dataset"] for r in rows}):
+            idx = [i for i, r in enumerate(rows) if r["dataset"] == dataset]
+            if len(idx) > 1:
+                top = next(i for i in idx if rows[i]["value"] == pick(rows[j]["value"] for j in idx))
+                asked += [(units[top], units[j]) for j in idx if j != top]
+    labels = {u.run.info.run_id: f"{r['method']} ({r['dataset']})" for u, r in zip(units, rows)}
+    pairs = _Pairs()
+    for a, b in asked:
+        p = paired_difference(uri, a, b, diff_metric)
+        for side, u in (("a", a), ("b", b)):
+            p[f"{side}_label"] = labels.get(u.run.info.run_id) or (
+                f"{variant_label(u.run.data.tags.get('method', '-'), u.run.data.params)} {u.run.info.run_name}")
+        pairs.append(p)
+    if pairs:
+        direction = {"min": "lower is better", "max": "higher is better"}.get(metric_mode(diff_metric) or "", "")
+        print(f"paired differences of {diff_metric} (a - b, 95% interval{', ' + direction if direction else ''}; "
+              f"an interval covering 0 is not separated):")
+        print("\n".join(_fmt_pair(p) for p in pairs), flush=True)
 
     out = Path(args.out)
     _plot(series, best_index, metric, mode, f"{metric} per run, {source}", out)
@@ -275,5 +597,5 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         tracking.log_file(uri, parent_id, out, "compare")
         artifact = f"compare/{out.name}"
     return {"source": source, "parent_run_id": parent_id, "metric": metric, "mode": mode, "rows": rows,
-            "n_runs": len(kept), "n_skipped": sum(skipped.values()), "skipped": skipped,
+            "diff_metric": diff_metric, "pairs": pairs, "n_runs": len(kept), "n_skipped": sum(skipped.values()), "skipped": skipped,
             "plot": str(out.resolve()), "artifact": artifact}

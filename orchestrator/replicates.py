@@ -15,8 +15,6 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
-
 from orchestrator import lifecycle, tracking
 from orchestrator.errors import UserError
 from orchestrator.kinds import log
@@ -26,21 +24,12 @@ from orchestrator.settings import default_storage
 def aggregate(children: list[dict[str, Any]]) -> dict[str, float]:
     """``<metric>_mean/_ci_low/_ci_high`` over the children's ``per_class_*.json`` contents.
 
-    ``children``: one dict per seed with ``per_class`` (metric -> list over classes) and ``metrics``.
+    ``children``: one dict per seed with ``per_class`` (metric -> list over classes) and ``metrics``; the
+    computation is ``orchestrator.evaluation.stats.summarize_seeds`` (shared with ``evaluate --eval-seed``).
     """
-    from orchestrator.evaluation.stats import bootstrap_ci
+    from orchestrator.evaluation.stats import summarize_seeds
 
-    names = sorted(set.intersection(*(set(c["metrics"]) for c in children))) if children else []
-    out: dict[str, float] = {}
-    for name in names:
-        rows = [c["per_class"].get(name) for c in children]
-        if all(r is not None for r in rows) and len({len(r) for r in rows}) == 1 and len(rows[0]) > 0:
-            grid = np.asarray(rows, dtype=np.float64)  # [seeds, classes]
-        else:
-            grid = np.asarray([[c["metrics"][name]] for c in children], dtype=np.float64)  # [seeds, 1]
-        mean, low, high = bootstrap_ci(grid)[:3]
-        out.update({f"{name}_mean": mean, f"{name}_ci_low": low, f"{name}_ci_high": high})
-    return out
+    return summarize_seeds(children)
 
 
 def run_replicates(method: str, overrides: dict[str, Any], sets: list[str], *, n: int, scale: lifecycle.Scale,
@@ -95,6 +84,11 @@ def run_replicates(method: str, overrides: dict[str, Any], sets: list[str], *, n
             tracking.log_metrics(uri, parent, {k: v for k, v in summary.items() if math.isfinite(v)})
             tracking.log_dict(uri, parent, {"seeds": [s for s, _ in per_seed], "children": [k.info.run_id for k in finished],
                                             "summary": summary}, "replicates.json")
+            shown = [m + c for m in tracking.NOTE_HEADLINES for c in ("", *tracking.NOTE_CONTROLS) if f"{m}{c}_mean" in summary]
+            tracking.describe_run(uri, parent, lines=(
+                f"{n} replicates (seeds {', '.join(map(str, seeds))}); mean and 95% interval over seeds and classes:\n"
+                + "\n".join(f"- {m} {summary[m + '_mean']:.4g} [{summary[m + '_ci_low']:.4g}, {summary[m + '_ci_high']:.4g}]"
+                             for m in shown),))
             tracking.end_run(uri, parent, "FINISHED")
         except BaseException:
             lifecycle._end_quietly(uri, parent, "FAILED")

@@ -84,7 +84,8 @@ def test_experiment_best_per_method_dataset_lower_is_better(store):
     assert rows["mfh", "digits"]["run_id"] == store["m2"]
     assert rows["mfh", "digits"]["value"] == 35.0
     assert out["mode"] == "min" and out["metric"] == "fid_domain" and out["n_runs"] == 8
-    assert out["skipped"] == {"not_finished": 3, "missing_metric": 1, "sweep_parent": 2, "re_evaluation": 1}
+    assert out["skipped"] == {"not_finished": 3, "missing_metric": 1, "sweep_parent": 2, "re_evaluation": 1,
+                              "replicate_child": 0}
     assert out["parent_run_id"] is None and out["artifact"] is None
     _assert_png(out["plot"])
 
@@ -213,3 +214,135 @@ def test_cli_bad_input_exits_2(store, capsys):
 def test_experiment_and_parent_are_exclusive(store, capsys):
     assert main(["compare", "--tracking-uri", store["uri"], "--experiment", EXP, "--parent", store["parent"]]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ replicates, budgets, paired differences ----
+
+CLASSES = [11, 4, 7, 2, 9, 15, 3, 8]  # the novel classes, in the protocol's (unsorted) order
+
+
+def _replicate(uri: str, method: str, values, *, meta_steps: float = 300.0, seeds=(0, 1, 2),
+               classes=CLASSES) -> str:
+    """A ``train --replicates`` parent as the product records it: one FINISHED child per seed with its budget and
+    ``per_class_novel_samples.json`` (class_hit per class, values[seed]), and the parent's mean/interval from
+    ``replicates.aggregate`` (the real aggregation code)."""
+    from orchestrator.replicates import aggregate
+
+    tags = {"method": method, "dataset": "omniglot", "kind": "generator"}
+    parent = tracking.start_run(uri, "reps", f"replicates-{method}", {"steps": 300, "seed": 0},
+                                {**tags, "sweep_role": "parent", "replicate_role": "parent"})
+    kids = []
+    for s, row in zip(seeds, values):
+        per = {"class_hit": [float(v) for v in row]}
+        metrics = {"class_hit": float(sum(row) / len(row)), "fid_domain": 100.0 + s}
+        kid = tracking.start_run(uri, "reps", f"seed-{s}", {"steps": 300, "seed": s, "eval_seed": 0},
+                                 {**tags, "sweep_role": "trial"}, parent_run_id=parent)
+        tracking.log_metrics(uri, kid, {**metrics, "meta_steps": meta_steps, "tasks_seen": 4 * meta_steps,
+                                        "images_seen": 20 * meta_steps, "train_seconds": 60.0})
+        tracking.log_dict(uri, kid, {"step": int(meta_steps), "classes": list(classes), "per_class": per,
+                                     "metrics": metrics}, "per_class_novel_samples.json")
+        tracking.end_run(uri, kid)
+        kids.append({"metrics": metrics, "per_class": per})
+    tracking.log_metrics(uri, parent, aggregate(kids))
+    tracking.end_run(uri, parent)
+    return parent
+
+
+@pytest.fixture(scope="module")
+def reps(tmp_path_factory) -> dict[str, str]:
+    """figr and mfh: the same config's numbers up to noise (not separated); mtgan: 0.25 higher on every class
+    (separated) at half the meta-steps (unequal budget); a single figr run beside figr's replicates."""
+    import numpy as np
+
+    tmp = tmp_path_factory.mktemp("reps")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    rng = np.random.default_rng(0)
+    base = 0.4 + rng.normal(0, 0.1, (3, 1)) + rng.normal(0, 0.1, (1, len(CLASSES)))
+    ids = {"uri": uri, "tmp": str(tmp)}
+    ids["figr"] = _replicate(uri, "figr", base + rng.normal(0, 0.05, base.shape))
+    ids["mfh"] = _replicate(uri, "mfh", base + rng.normal(0, 0.05, base.shape))
+    ids["mtgan"] = _replicate(uri, "mtgan", base + 0.25 + rng.normal(0, 0.05, base.shape), meta_steps=150.0)
+    # transfer on other novel classes: never paired with the rest
+    ids["other_classes"] = _replicate(uri, "transfer", base, classes=[c + 100 for c in CLASSES])
+    single = tracking.start_run(uri, "reps", "lucky-single", {"steps": 300, "seed": 9},
+                                {"method": "figr", "dataset": "omniglot", "kind": "generator"})
+    tracking.log_metrics(uri, single, {"class_hit": 0.99, "meta_steps": 300.0})
+    tracking.end_run(uri, single)
+    ids["single"] = single
+    return ids
+
+
+def test_replicate_rows_show_mean_and_interval_and_flag_unequal_budgets(reps, capsys):
+    out = compare.run(_args(reps["tmp"], experiment="reps", metric="class_hit"), reps["uri"])
+    rows = {r["method"]: r for r in out["rows"]}
+    assert set(rows) == {"figr", "mfh", "mtgan", "transfer"}
+    # figr's row is its replicate parent (mean over seeds), never the lucky single run beside it
+    assert rows["figr"]["run_id"] == reps["figr"] and rows["figr"]["replicates"] and rows["figr"]["seeds"] == 3
+    assert out["skipped"]["replicate_child"] == 12 and out["skipped"]["single_beside_replicates"] == 1
+    parent = tracking.get_run(reps["uri"], reps["figr"]).data.metrics
+    assert rows["figr"]["value"] == pytest.approx(parent["class_hit_mean"])
+    low, high = rows["figr"]["intervals"]["class_hit"]
+    assert low == pytest.approx(parent["class_hit_ci_low"]) and high == pytest.approx(parent["class_hit_ci_high"])
+    assert low < rows["figr"]["value"] < high
+    # budgets: the children's mean; mtgan ran half the meta-steps and is the only row flagged (on --steps runs
+    # meta_steps and tasks_seen are the budget; train_seconds is equal anyway)
+    assert rows["mtgan"]["budget"]["meta_steps"] == 150.0 and rows["figr"]["budget"]["images_seen"] == 6000.0
+    assert rows["mtgan"]["budget_flags"] == ["meta_steps 150 vs 300", "tasks_seen 600 vs 1200"]
+    assert all(rows[m]["budget_flags"] == [] for m in ("figr", "mfh", "transfer"))
+    printed = capsys.readouterr().out
+    line = next(l for l in printed.splitlines() if l.startswith("figr "))
+    assert f"{rows['figr']['value']:.4g} [{low:.4g}, {high:.4g}]" in line and line.rstrip().endswith(reps["figr"])
+    mtgan = next(l for l in printed.splitlines() if l.startswith("mtgan "))
+    assert "UNEQUAL: meta_steps 150 vs 300, tasks_seen 600 vs 1200" in mtgan
+
+
+def test_best_row_is_paired_with_every_other_row(reps, capsys):
+    out = compare.run(_args(reps["tmp"], experiment="reps", metric="class_hit"), reps["uri"])
+    assert out["diff_metric"] == "class_hit"
+    pairs = {(p["a_label"].split()[0], p["b_label"].split()[0]): p for p in out["pairs"]}
+    assert set(pairs) == {("mtgan", "figr"), ("mtgan", "mfh"), ("mtgan", "transfer")}
+    sep = pairs["mtgan", "figr"]
+    assert sep["separated"] and 0 < sep["ci_low"] < 0.25 < sep["ci_high"] and sep["note"] == "separated: a is better"
+    assert (sep["n_seeds"], sep["n_classes"]) == (3, len(CLASSES))
+    other = pairs["mtgan", "transfer"]
+    assert other["difference"] is None and other["note"] == "not paired: evaluated on different novel classes"
+    printed = capsys.readouterr().out
+    assert "paired differences of class_hit (a - b, 95% interval, higher is better" in printed
+    assert "mtgan (omniglot) - figr (omniglot): " in printed and "separated: a is better" in printed
+
+
+def test_pair_flag_marks_an_unseparated_pair(reps, capsys):
+    """figr and mfh are one config up to noise: their paired difference's interval covers 0."""
+    out = compare.run(_args(reps["tmp"], experiment="reps", metric="class_hit",
+                            pair=[[reps["figr"], reps["mfh"]], [reps["figr"], reps["single"]]]), reps["uri"])
+    same, single = out["pairs"]
+    assert same["a"] == reps["figr"] and same["b"] == reps["mfh"]
+    assert not same["separated"] and same["ci_low"] < 0 < same["ci_high"] and same["note"] == "not separated"
+    assert single["difference"] is None and single["note"].startswith("not paired: different (seed, eval_seed) sets")
+    printed = capsys.readouterr().out
+    assert f"figr (omniglot) - mfh (omniglot): {same['difference']:.4g} [" in printed
+    assert "]  not separated  (3 seed(s) x 8 class(es))" in printed
+
+
+def test_pooled_metric_pairs_over_seeds_and_bad_pair_is_a_user_error(reps):
+    out = compare.run(_args(reps["tmp"], experiment="reps", metric="class_hit", diff_metric="fid_domain",
+                            pair=[[reps["figr"], reps["mfh"]]]), reps["uri"])
+    (p,) = out["pairs"]
+    # fid_domain is pooled (no per-class values): one cell per seed, and both rows logged 100 + seed
+    assert (p["n_seeds"], p["n_classes"], p["difference"], p["separated"]) == (3, 1, 0.0, False)
+    with pytest.raises(UserError, match="--pair 0123456789abcdef: no such run"):
+        compare.run(_args(reps["tmp"], experiment="reps", metric="class_hit",
+                          pair=[[reps["figr"], "0123456789abcdef"]]), reps["uri"])
+
+
+def test_budget_flags_rule():
+    b = lambda m: {"meta_steps": m, "tasks_seen": None}  # noqa: E731
+    assert compare.budget_flags([b(100.0), b(109.0)], keys=("meta_steps",)) == [[], []]
+    assert compare.budget_flags([b(100.0), b(120.0)], keys=("meta_steps",)) == [["meta_steps 100 vs 120"],
+                                                                              ["meta_steps 120 vs 100"]]
+    assert compare.budget_flags([b(300.0), b(300.0), b(150.0)], keys=("meta_steps",))[:2] == [[], []]
+    assert compare.budget_flags([b(1.0)], keys=("meta_steps",)) == [[]]
+    assert compare.budget_flags([{"meta_steps": None}, b(5.0)], keys=("meta_steps",))[0] == ["meta_steps not recorded"]
+    assert compare.budget_keys(["steps", "steps"]) == ("meta_steps", "tasks_seen")
+    assert compare.budget_keys(["minutes"]) == ("train_seconds",)
+    assert compare.budget_keys(["steps", None]) == compare.FLAGGED_BUDGET_KEYS

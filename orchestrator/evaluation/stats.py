@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CI", "PairedCI", "bootstrap_ci", "paired_difference_ci"]
+__all__ = ["CI", "PairedCI", "bootstrap_ci", "paired_difference_ci", "summarize_seeds"]
 
 
 class CI(tuple):
@@ -221,3 +221,28 @@ def paired_difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95, n_bo
     ci = bootstrap_ci(a - b, level=level, n_boot=n_boot, seed=seed, expand=expand, design=design)
     separated = bool(ci.n_cells > 1 and (ci.low > 0.0 or ci.high < 0.0))  # False for NaN
     return PairedCI(ci.mean, ci.low, ci.high, separated, **dict(ci.__dict__))
+
+
+def summarize_seeds(evaluations: list[dict[str, Any]], level: float = 0.95) -> dict[str, float]:
+    """``<metric>_mean``, ``<metric>_ci_low``, ``<metric>_ci_high`` of every metric all ``evaluations`` hold.
+
+    Args: ``evaluations``: one dict per seed (a training seed of ``train --replicates``, or an evaluation seed of
+      ``evaluate --eval-seed 0 1 2``), as the lifecycle writes ``per_class_<figure>.json``: ``metrics`` (name ->
+      float) and ``per_class`` (name -> one float per novel class, the same classes in the same order for every
+      seed). ``level``: the interval's coverage.
+    Returns: for each metric name in every dict's ``metrics``: the :func:`bootstrap_ci` of the grid
+      [seeds, classes] of its per-class values where every seed has them (with one length), else of the grid
+      [seeds, 1] of its headline values (pooled metrics: FID, KID, IS, accuracy). NaN where nothing was finite.
+    Source: ours.
+    """
+    names = sorted(set.intersection(*(set(e["metrics"]) for e in evaluations))) if evaluations else []
+    out: dict[str, float] = {}
+    for name in names:
+        rows = [(e.get("per_class") or {}).get(name) for e in evaluations]
+        if all(r is not None for r in rows) and len({len(r) for r in rows}) == 1 and len(rows[0]) > 0:
+            grid = np.asarray(rows, dtype=np.float64)  # [seeds, classes]
+        else:
+            grid = np.asarray([[e["metrics"][name]] for e in evaluations], dtype=np.float64)  # [seeds, 1]
+        mean, low, high = bootstrap_ci(grid, level=level)[:3]
+        out.update({f"{name}_mean": mean, f"{name}_ci_low": low, f"{name}_ci_high": high})
+    return out
