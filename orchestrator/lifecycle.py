@@ -110,13 +110,14 @@ def prepare(method: str, cfg: dict[str, Any], split_dict: dict | None = None,
 
 
 def ensure_ray(address: str | None) -> bool:
-    """Connect to ``address``, or to the local Ray another command of this machine started, or start one.
+    """Connect to ``address`` (or ``$RAY_ADDRESS``, or a ``ray start`` cluster of this machine), or start a local Ray.
 
-    True if this call started Ray (the caller shuts it down). Two commands at once on one machine share
-    one local Ray instead of starting two (which makes Ray Train's clean-up log errors in every run).
+    True if this call started Ray (the caller shuts it down). Two commands at once on one machine each start
+    their own local Ray, kept apart: each names its own dashboard (``RAY_API_SERVER_ADDRESS``) to its processes.
     """
     import os
 
+    import psutil  # a Ray dependency
     import ray
 
     if ray.is_initialized():
@@ -128,13 +129,57 @@ def ensure_ray(address: str | None) -> bool:
     # a 2-step run took 30 minutes here. Training is the work, so a local Ray started here runs them at nice 0
     # (measured: os.nice(0) in a Ray task is 15 by default, 0 with this; set RAY_worker_niceness to override).
     os.environ.setdefault("RAY_worker_niceness", "0")
-    try:
-        # The dashboard hosts the State API Ray Train polls; without it Train logs a warning a second.
-        ray.init(address=address or None, log_to_driver=True)
-    except (ConnectionError, ValueError, RuntimeError) as err:
-        raise UserError(f"cannot connect to Ray at {address!r} ({str(err).splitlines()[0]}): "
-                        f"pass the head node's address (ray start --head prints it) or omit --address") from None
+    local = not address and not os.environ.get("RAY_API_SERVER_ADDRESS") and _starts_local_ray()
+    for attempt in range(1, 4):
+        before = {c.pid for c in psutil.Process().children(recursive=True)}
+        kwargs: dict[str, Any] = {}
+        if local:
+            # Ray Train's placement-group cleaner (a Ray actor) asks the State API without an address, so Ray finds
+            # "the" local Ray by scanning the machine's processes and fails with "Found multiple active Ray
+            # instances" in every run once two commands (each with its own local Ray) run at once. Pin this Ray's
+            # dashboard port and name it in the environment its processes inherit: they then ask their own Ray.
+            kwargs["dashboard_port"] = _free_port()
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+        try:
+            # The dashboard hosts the State API Ray Train polls; without it Train logs a warning a second.
+            ray.init(address=address or None, log_to_driver=True, **kwargs)
+            return True
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise UserError(f"cannot connect to Ray at {address!r} ({str(err).splitlines()[0]}): "
+                            f"pass the head node's address (ray start --head prints it) or omit --address") from None
+        except Exception as err:  # noqa: BLE001 - only Ray's start-up timeout is retried
+            # Ray gives a new local node a fixed 30 s for its raylet to register with the GCS; on a machine whose
+            # cores are busy (measured here at a load of 40-70 on 2 cores) that is missed now and then.
+            if not local or attempt == 3 or "timed out during startup" not in str(err):
+                raise
+            log(f"local Ray did not start in time (attempt {attempt} of 3, busy machine?): starting it again")
+            ray.shutdown()
+            for child in psutil.Process().children(recursive=True):  # the failed start's GCS, raylet, dashboard
+                if child.pid not in before:
+                    try:
+                        child.kill()
+                    except psutil.Error:
+                        pass
     return True
+
+
+def _starts_local_ray() -> bool:
+    """Whether ``ray.init()`` without an address would start a new local Ray (no ``ray start`` cluster to join)."""
+    try:  # Ray's own resolution of "no address" (a private helper; if it moves, assume a new local Ray)
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None) is None
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def check_cluster_fits(scale: Scale) -> None:
@@ -209,8 +254,15 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         log_model(uri, run_id, saved)
         tracking.set_tags(uri, run_id, {"selected_step": str(int(saved["step"]))})
         tracking.end_run(uri, run_id, "FINISHED")
-    except BaseException:
-        _end_quietly(uri, run_id, on_failure)
+    except BaseException as err:
+        closed = _end_quietly(uri, run_id, on_failure)
+        from orchestrator.recorder import store_failure
+
+        why = store_failure(err, uri, run_id) if isinstance(err, Exception) else None
+        if why:  # the store, not the run, failed: one line, and the resume that finishes the run once it is back
+            raise UserError(f"{why}; run {run_id} is {on_failure if closed else 'left RUNNING'}: once that is fixed, "
+                            f"finish it with python -m orchestrator train --resume {run_id} "
+                            f"--tracking-uri {uri}") from None
         raise
     budget = {k: float(v) for k, v in (result.metrics or {}).items()
               if k in ("meta_steps", "tasks_seen", "images_seen", "train_seconds", "eval_seconds")}
@@ -218,11 +270,14 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
             **budget, **out}
 
 
-def _end_quietly(uri: str, run_id: str, status: str) -> None:
+def _end_quietly(uri: str, run_id: str, status: str) -> bool:
+    """Mark the run ``status``; False (and a log line) if the store would not take it."""
     try:
         tracking.end_run(uri, run_id, status)
     except Exception as err:  # noqa: BLE001 - the original error matters more; the store may be the problem
         log(f"could not mark run {run_id} {status} in {uri} ({err.__class__.__name__})")
+        return False
+    return True
 
 
 def evaluate_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_id: str, seed: int,

@@ -298,9 +298,13 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
         raise UserError(f"{out} was written with other settings ({', '.join(diff)} differ): use the same "
                         f"command to continue it, or another --out")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".part-*.tmp*"):  # a temp shard of a killed run: never renamed, so never counted
-        stale.unlink(missing_ok=True)
-    (out / MANIFEST).write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    for stale in [*out.glob(".part-*.tmp*"), *out.glob(f".{MANIFEST}.tmp*")]:  # a killed run's temp files: never
+        stale.unlink(missing_ok=True)                                            # renamed, so never counted
+    # Atomically (temp file + rename), like the shards: a run killed mid-write must not leave half a manifest,
+    # which the restart would fail to read.
+    manifest_tmp = out / f".{MANIFEST}.tmp{os.getpid()}"
+    manifest_tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    os.replace(manifest_tmp, out / MANIFEST)
 
     done = done_ids(out) & set(ids)
     todo = [i for i in ids if i not in done]
@@ -317,6 +321,7 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
     params = {**{k: v for k, v in settings.items() if k != "finetunegan"}, **({} if from_run else cfg), "actors": actors,
               "gpus_per_actor": gpus_per_actor, "cpus_per_actor": cpus_per_actor, "classes": ",".join(parts),
               "per_class": per_class, "limit": limit, "out": str(out.resolve())}
+    _close_killed_runs(uri, experiment or tracking.DEFAULT_EXPERIMENT, out)
     run_id = tracking.start_run(uri, experiment or tracking.DEFAULT_EXPERIMENT, name, params, {
         "method": run_method if from_run else "finetunegan", "role": "pregenerate", "dataset": ds.name,
         "source": source, "perceptual": spec["description"],
@@ -366,6 +371,22 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
     _log(f"done: {stats['images_done']} images fitted in {stats['seconds']:.1f}s "
          f"({stats['images_per_s']:.3f} images/s), {complete}/{len(ids)} complete in {out}")
     return {"run_id": run_id, "out": str(out), "images_complete": complete, **stats}
+
+
+def _close_killed_runs(uri: str, experiment: str, out: Path) -> None:
+    """Mark KILLED the runs of earlier ``pregenerate`` commands into ``out`` that are still RUNNING: a process
+    killed outright (SIGKILL, a lost machine) could not close its own run, and this command continues its work."""
+    from orchestrator import tracking
+
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    where = str(Path(out).resolve()).replace("'", "\\'")
+    for run in c.search_runs([exp.experiment_id], f"tags.role = 'pregenerate' and tags.out = '{where}' and "
+                                                  f"attributes.status = 'RUNNING'"):
+        tracking.end_run(uri, run.info.run_id, "KILLED")
+        _log(f"run {run.info.run_id} of an earlier pregenerate into {out} was left RUNNING (killed): marked KILLED")
 
 
 def _run_pool(ds, todo: list[int], seed: int, variants: int, out: Path, *, worker: tuple[type, tuple],

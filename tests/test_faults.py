@@ -174,7 +174,7 @@ def test_killed_train_resumes_to_every_step_once(env, tmp_path):
     proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", "killed", *FIGR,
                               "--set", "eval_every=2", "--steps", str(steps)])
     try:
-        run = wait_for(lambda: run_at_step(uri, "killed", 4), 420, "the second recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(uri, "killed", 4), 900, "the second recorded checkpoint", proc, err)
     finally:
         kill_tree(proc)
     run_id = run.info.run_id
@@ -208,7 +208,8 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.tmp / 'server.db'}",
              "--artifacts-destination", str(self.tmp / "server-artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port)], cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+             "--port", str(self.port), "--workers", "1"],  # one process: uvicorn's supervisor kills busy workers
+            cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._healthy, 240, f"mlflow server on port {self.port}", self.proc, self.tmp / f"server{self.n}.log")
 
     def _healthy(self) -> bool:
@@ -243,7 +244,7 @@ def test_tracking_server_restarted_mid_run_keeps_a_complete_record(env, server):
                               "--set", "eval_every=2", "--steps", str(steps)],
                              MLFLOW_HTTP_REQUEST_MAX_RETRIES="8", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
     try:
-        run = wait_for(lambda: run_at_step(server.uri, exp, 4), 420, "the second recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(server.uri, exp, 4), 900, "the second recorded checkpoint", proc, err)
         at_stop = recorded_step(server.uri, run.info.run_id)
         server.stop()
         server.start()
@@ -274,7 +275,7 @@ def test_tracking_server_down_past_the_bound_fails_with_one_line_and_the_resume_
     proc, _, err = env.start(["train", "figr", "--tracking-uri", server.uri, "--experiment", exp, *FIGR,
                               "--set", "eval_every=2", "--steps", str(steps)], **bound)
     try:
-        run = wait_for(lambda: run_at_step(server.uri, exp, 2), 420, "the first recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(server.uri, exp, 2), 900, "the first recorded checkpoint", proc, err)
         server.stop()
         proc.wait(timeout=600)
     finally:
@@ -312,7 +313,7 @@ def test_unwritable_artifact_location_fails_with_one_line_and_a_consistent_recor
     proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", exp, *FIGR,
                               "--set", "eval_every=2", "--steps", str(steps)])
     try:
-        run = wait_for(lambda: run_at_step(uri, exp, 2), 420, "the first recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(uri, exp, 2), 900, "the first recorded checkpoint", proc, err)
         artifacts = tmp_path / "mlartifacts" / run.info.run_id / "artifacts"
         assert artifacts.is_dir(), run.info.artifact_uri
         artifacts.rename(artifacts.with_name("artifacts.moved"))
@@ -373,7 +374,7 @@ def test_sweep_driver_killed_twice_resumes_to_exactly_its_trials(env, tmp_path):
         parent = wait_for(lambda: next((r for r in runs_of(uri, "sweep-kill")
                                         if r.data.tags.get("sweep_name") == name), None), 60, "the parent run")
         parent_id = parent.info.run_id
-        wait_for(lambda: any(s >= 2 for _, s in _progress(uri, parent_id)), 420, "a trial's first checkpoint",
+        wait_for(lambda: any(s >= 2 for _, s in _progress(uri, parent_id)), 900, "a trial's first checkpoint",
                  proc, err)
     finally:
         kill_tree(proc)
@@ -382,7 +383,7 @@ def test_sweep_driver_killed_twice_resumes_to_exactly_its_trials(env, tmp_path):
 
     proc, _, err = env.start(["sweep", "figr", "--resume", name, "--tracking-uri", uri])
     try:
-        wait_for(lambda: {p for p in _progress(uri, parent_id) if p[1] >= 2} - seen, 420,
+        wait_for(lambda: {p for p in _progress(uri, parent_id) if p[1] >= 2} - seen, 900,
                  "something recorded by the resumed sweep", proc, err)
     finally:
         kill_tree(proc)
@@ -474,3 +475,40 @@ def test_two_trains_at_once_each_with_its_own_local_ray_log_no_errors(env, tmp_p
         run = tracking.get_run(uri, json.loads(out.read_text().strip().splitlines()[-1])["run_id"])
         assert run.info.status == "FINISHED"
     assert len(runs_of(uri, "together")) == 2
+
+
+# ------------------------------------------------------------ what counts as "the store failed" (fast) ----
+
+def test_store_failure_names_the_store_and_nothing_else(tmp_path, monkeypatch):
+    """The classification behind the one-line store errors, on real failures: an HTTP tracking URI nobody
+    listens on, an artifact folder that is a file, Ray's wrapping of the Recorder's error; anything else is
+    not the store's fault (None: it propagates as it is)."""
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.recorder import RecordingFailed, store_failure
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(MlflowException) as err:
+        tracking.client(down).get_experiment_by_name("anything")
+    why = store_failure(err.value, down, "r")
+    assert why and why.startswith(f"tracking store {down} did not answer")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_run(uri, "e", "n", {"a": 1}, {})
+    artifacts = tmp_path / "mlartifacts" / run_id / "artifacts"
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text("a file where the folder should be")
+    with pytest.raises(OSError) as err:
+        tracking.log_dict(uri, run_id, {"x": 1}, "sub/x.json")
+    why = store_failure(err.value, uri, run_id)
+    assert why and why.startswith(f"artifact location {artifacts} of run {run_id} took no file")
+
+    class Wrapped(Exception):  # what Ray Train's ControllerError looks like from the driver
+        def __init__(self, inner):
+            super().__init__(str(inner))
+            self.controller_failure = inner
+
+    assert store_failure(Wrapped(RecordingFailed("the store said no")), uri, run_id) == "the store said no"
+    assert store_failure(ValueError("a bug"), uri, run_id) is None
+    assert store_failure(FileNotFoundError(2, "no such file", str(tmp_path / "data.png")), uri, run_id) is None
