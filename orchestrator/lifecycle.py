@@ -215,7 +215,33 @@ def open_run(uri: str, experiment: str, name: str, prep: Prepared, tags: dict[st
         "command": command_line(), **prep.kind.tags(cfg, prep.aids), **tags}, parent_run_id=parent_run_id)
     tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
     tracking.log_dict(uri, run_id, {"method": prep.method, "config": cfg}, "config.json")
+    tracking.describe_run(uri, run_id, lines=("not evaluated yet: this description is rewritten with the novel-class "
+                                              "evaluation when the run has one",))
     return run_id
+
+
+def log_data_input(uri: str, run_id: str, prep: Prepared, context: str) -> None:
+    """The classes a run trains on (``context="training"``: base) or is scored on (``"evaluation"``: novel) as an
+    MLflow dataset input: name ``<dataset>/<base|novel>``, the data root as source, split seed, image size and a
+    digest (sha256 of the part's uint8 images, labels and class names, already in memory: no extra read)."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    cfg, ds, split = prep.cfg, prep.ds, prep.split
+    part = "base" if context == "training" else "novel"
+    classes = [int(c) for c in getattr(split, part)]
+    idx = np.concatenate([ds.class_indices(c) for c in classes]) if classes else np.zeros(0, dtype=np.int64)
+    h = hashlib.sha256(json.dumps([cfg["dataset"], [split.class_names[c] for c in classes]]).encode())
+    h.update(ds.images[torch.as_tensor(idx, dtype=torch.long)].numpy().tobytes())
+    h.update(np.asarray(ds.labels[idx], dtype=np.int64).tobytes())
+    loader = "sklearn.datasets.load_digits" if cfg["dataset"] == "digits" else f"orchestrator.data.load_dataset({cfg['dataset']!r})"
+    tracking.log_dataset(uri, run_id, name=f"{cfg['dataset']}/{part}", root=cfg.get("data_root") or None,
+                         digest=h.hexdigest()[:16], context=context, profile={
+                             "dataset": cfg["dataset"], "part": part, "classes": len(classes), "images": int(len(idx)),
+                             "split_seed": int(split.seed), "image_size": int(cfg["image_size"]),
+                             "channels": int(cfg["channels"]), "data_root": cfg.get("data_root") or "", "loader": loader})
 
 
 def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storage: str, scale: Scale,
@@ -232,6 +258,7 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
 
     cfg = prep.cfg
     try:
+        log_data_input(uri, run_id, prep, "training")
         result = fit(prep.method, cfg, prep.ds, prep.split, prep.aids.val, workers=scale.workers,
                      cpus_per_worker=scale.cpus_per_worker, gpus_per_worker=scale.gpus_per_worker,
                      storage_path=storage, name=name, max_failures=scale.max_failures,
@@ -251,7 +278,7 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         log(f"selected the step-{saved['step']} checkpoint ({why})")
         out = evaluate_and_record(prep, saved, uri=uri, run_id=run_id, seed=int(cfg["eval_seed"]),
                                   n_generate=int(cfg["n_generate"]))
-        log_model(uri, run_id, saved)
+        log_model(uri, run_id, saved, prep)
         tracking.set_tags(uri, run_id, {"selected_step": str(int(saved["step"]))})
         tracking.end_run(uri, run_id, "FINISHED")
     except BaseException as err:
@@ -291,6 +318,8 @@ def evaluate_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_
                       else f"{Path(prep.kind.figure).stem}_seed{seed}.png")
     tracking.log_metrics(uri, run_id, {"test_eval_seconds": seconds}, int(saved["step"]))
     tracking.set_tags(uri, run_id, {"threads_eval": str(torch.get_num_threads())})
+    log_data_input(uri, run_id, prep, "evaluation")
+    tracking.describe_run(uri, run_id)
     return {k: float(v) for k, v in result.metrics.items()}
 
 
@@ -309,23 +338,40 @@ def record_evaluation(uri: str, run_id: str, result, step: int, name: str) -> No
             tracking.log_file(uri, run_id, path, "samples")
 
 
-def log_model(uri: str, run_id: str, saved: dict[str, Any]) -> None:
-    """The selected checkpoint as ``checkpoint/model.pt`` (what ``evaluate`` and ``generate`` load)."""
+def log_model(uri: str, run_id: str, saved: dict[str, Any], prep: Prepared | None = None) -> None:
+    """The selected checkpoint as ``checkpoint/model.pt`` (what ``evaluate`` loads) and, for generators, as the
+    run's MLflow pyfunc LoggedModel (``orchestrator.mlflow_model``; what ``generate`` loads). Without ``prep``
+    the method, config and classes are read from the run's ``config.json`` and ``split.json``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = save_checkpoint(saved["state"], int(saved["step"]), float(saved.get("elapsed_s", 0.0)), tmp)
         tracking.log_file(uri, run_id, path, "checkpoint")
+    if prep is not None:
+        method, cfg, num_classes = prep.method, prep.cfg, prep.ds.num_classes
+    else:
+        recorded = tracking.load_json_artifact(uri, run_id, "config.json")
+        method, cfg = recorded["method"], recorded["config"]
+        num_classes = len(tracking.load_json_artifact(uri, run_id, "split.json")["class_names"])
+    if not is_classifier(method):
+        from orchestrator import mlflow_model
+
+        shape = (int(cfg["channels"]), int(cfg["image_size"]), int(cfg["image_size"]))
+        mlflow_model.log_generator(uri, run_id, saved, method=method, cfg=cfg, image_shape=shape,
+                                   num_classes=num_classes)
 
 
 # ------------------------------------------------------------------------- reading runs back ----
 
-def load_run(uri: str, run_id: str, *, finished: bool = True):
-    """Method, config, split and selected checkpoint of a train run (``UserError`` unless it is FINISHED)."""
+def load_run(uri: str, run_id: str, *, finished: bool = True, checkpoint: bool = True):
+    """Method, config, split and selected checkpoint of a train run (``UserError`` unless it is FINISHED);
+    with ``checkpoint=False`` the checkpoint is not read and None is returned in its place."""
     run = tracking.get_run(uri, run_id)
     if finished and run.info.status != "FINISHED":
         raise UserError(f"run {run_id} is {run.info.status}, not FINISHED: evaluate or generate from a finished run "
                         f"(a killed or failed train continues with python -m orchestrator train --resume {run_id})")
     saved = tracking.load_json_artifact(uri, run_id, "config.json")
     split_dict = tracking.load_json_artifact(uri, run_id, "split.json")
+    if not checkpoint:
+        return saved["method"], saved["config"], split_dict, None
     with tempfile.TemporaryDirectory() as tmp:
         path = tracking.download(uri, run_id, "checkpoint/model.pt", tmp)
         state = load_checkpoint(path.parent)

@@ -104,7 +104,7 @@ def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path,
     of ``n`` images walking between two memory slots (methods that offer ``interpolate``, e.g. MFH's Fig. 10)."""
     if n < (2 if interpolate else 1):
         raise UserError(f"--n {n}: ask for at least {'2 images (the strip ends)' if interpolate else 'one image'}")
-    method, cfg, split_dict, state = load_run(uri, run_id)
+    method, cfg, split_dict, _ = load_run(uri, run_id, checkpoint=False)
     require_generator(method, run_id, "generate")
     if interpolate and not method_class(method).supports_interpolation:
         raise UserError(f"--interpolate: method {method} has no memory slots to interpolate between; "
@@ -118,12 +118,27 @@ def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path,
     # One loader for datasets and user images: transparency on the run's dataset background, any Pillow mode.
     shots = load_images(images, int(cfg["image_size"]), int(cfg["channels"]),
                         background=dataset_background(cfg["dataset"]))
-    model = build_method(method, cfg, tuple(shots.shape[1:]), num_classes=len(split_dict["class_names"]))
-    model.load_state_dict(state["state"])
-    if interpolate:
-        fake = model.interpolate(shots, n, seed=seed).cpu()
-    else:
-        fake = model.adapt(shots, seed=seed, steps=steps).sample(n, seed=seed).cpu()
+    import tempfile
+
+    import torch
+
+    from orchestrator import mlflow_model
+
+    # The run's MLflow pyfunc model (mlflow.pyfunc.load_model; weights read with weights_only=True).
+    with tempfile.TemporaryDirectory(prefix="fsig-model-") as tmp:
+        generator = mlflow_model.load_generator(uri, run_id, tmp)
+        if generator is not None:
+            fake = torch.from_numpy(generator.predict(shots.numpy(), params={
+                "n": int(n), "seed": int(seed), "adapt_steps": -1 if steps is None else int(steps),
+                "interpolate": bool(interpolate)}))
+    if generator is None:  # a run recorded before its checkpoint was also logged as an MLflow model
+        state = load_run(uri, run_id)[3]
+        model = build_method(method, cfg, tuple(shots.shape[1:]), num_classes=len(split_dict["class_names"]))
+        model.load_state_dict(state["state"])
+        if interpolate:
+            fake = model.interpolate(shots, n, seed=seed).cpu()
+        else:
+            fake = model.adapt(shots, seed=seed, steps=steps).sample(n, seed=seed).cpu()
     save_grid(fake, out, nrow=n if interpolate else int(n ** 0.5 + 0.999))
     written = [str(out)]
     if save_images:

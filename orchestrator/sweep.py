@@ -86,6 +86,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep (its name is printed at start)")
 
 
+def trial_run_name(method: str, trial_id: str, config: dict[str, Any]) -> str:
+    """A readable MLflow run name for a sweep trial: method, Tune's trial number, the searched values
+    (``mfh-t003-lr1e-3-mslots16`` for trial ``..._00003`` with ``lr=0.001, memory_slots=16``); the full values are
+    the run's ``searched.*`` tags and params."""
+    def key(k: str) -> str:
+        parts = k.split("_")
+        return "".join(p[:1] for p in parts[:-1]) + parts[-1][:5]
+
+    def value(v: Any) -> str:
+        if isinstance(v, float) and v != 0 and (abs(v) < 0.01 or abs(v) >= 1e4):
+            mantissa, exp = f"{v:.2e}".split("e")
+            return f"{float(mantissa):g}e{int(exp)}"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    tail = trial_id.rsplit("_", 1)[-1]
+    number = f"t{int(tail):03d}" if tail.isdigit() else trial_id
+    return "-".join([method, number, *(f"{key(k)}{value(v)}" for k, v in sorted(config.items()))])[:250]
+
+
 def _log(msg: str) -> None:
     from orchestrator.kinds import log
 
@@ -180,7 +199,7 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, data=None)
         print(f"trial {trial_id}: continuing child run {run_id} after step {after}", flush=True)
     else:
         searched = {f"searched.{k}": str(v) for k, v in config.items()}
-        run_id = lifecycle.open_run(uri, ctx["experiment"], f"trial-{trial_id}", prep, {
+        run_id = lifecycle.open_run(uri, ctx["experiment"], trial_run_name(method, trial_id, config), prep, {
             "ray_run_name": train_name, "ray_storage_path": storage, "workers": str(ctx["workers"]),
             TRIAL_TAG: trial_id, "sweep_name": ctx["sweep_name"], "sweep_role": "trial", **searched},
             parent_run_id=parent)
@@ -276,6 +295,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
             "features": prep.aids.description, "command": lifecycle.command_line()})
         sweep["parent_run_id"] = parent
         sweep["split"] = split.to_dict()
+        tracking.describe_run(uri, parent, title=f"**sweep {name}**: {trials} trials of {args.method} on {cfg['dataset']}, "
+                                                 f"searching {', '.join(space.params)} ({space.mode} {space.metric})")
         tracking.log_file(uri, parent, space_path, "search_space")
         tracking.log_dict(uri, parent, sweep, "sweep.json")
         tracking.log_dict(uri, parent, split.to_dict(), "split.json")
@@ -547,6 +568,10 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
     if best_tid is not None:
         _evaluate_if_stopped(sweep, uri, child_of[best_tid], prep)
         _record_best(uri, parent, summary)
+    tracking.describe_run(uri, parent, title=(
+        f"**sweep {sweep['name']}**: {sweep['method']} on {sweep['config']['dataset']}, {completed} of {sweep['trials']} "
+        f"trials completed ({stopped} stopped early by ASHA, {errored} errored)"), lines=(
+        f"best trial {best_tid} (run {child_of.get(best_tid)}): best {metric} {best_value} with {best_config}",))
     if interrupted:
         tracking.end_run(uri, parent, "KILLED")
         raise UserError(f"sweep {sweep['name']} interrupted after {completed} of {sweep['trials']} trials: continue "

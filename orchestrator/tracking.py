@@ -170,6 +170,57 @@ def log_step_image(uri: str, run_id: str, path: Path, step: int) -> None:
         client(uri).log_image(run_id, img.copy(), key=key, step=int(step))
 
 
+NOTE_TAG = "mlflow.note.content"  # the run's Description in MLflow's UI (markdown)
+# The protocol's headline metrics and their controls (orchestrator.evaluation.protocol), in the order a note shows them.
+NOTE_HEADLINES = ("class_hit", "fid_domain", "fid_inception", "kid_domain", "kid_inception", "diversity", "accuracy")
+NOTE_CONTROLS = ("_unadapted", "_scratch", "_shots", "_real")
+NOTE_BUDGET = ("meta_steps", "train_seconds", "tasks_seen", "images_seen")
+
+
+def run_note(tags: dict[str, str], metrics: dict[str, float], *, title: str = "", lines: tuple[str, ...] = ()) -> str:
+    """A run's description as markdown: method, dataset, budget, each headline metric beside its controls (the
+    untrained/unadapted, scratch, shots and real-image yardsticks the protocol scores on the same classes), and
+    the command line. ``tags``: the run's tags (method, dataset, split_seed, seed, eval_seed, command ...);
+    ``metrics``: its latest metric values. Numbers are shown side by side; no difference is claimed here."""
+    def fmt(v: float) -> str:
+        return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+
+    out = [title or f"**{tags.get('method', '?')}** on **{tags.get('dataset', '?')}** (split seed "
+                     f"{tags.get('split_seed', '?')}, seed {tags.get('seed', '?')}, eval seed {tags.get('eval_seed', '?')})"]
+    budget = [f"{k} {fmt(metrics[k])}" for k in NOTE_BUDGET if k in metrics]
+    if budget:
+        out.append("budget: " + ", ".join(budget))
+    if tags.get("evaluates"):
+        out.append(f"re-evaluation of run {tags['evaluates']} (its selected checkpoint) with eval seed "
+                   f"{tags.get('eval_seed', '?')}")
+    searched = {k[len("searched."):]: v for k, v in sorted(tags.items()) if k.startswith("searched.")}
+    if searched:
+        out.append("searched values: " + ", ".join(f"{k}={v}" for k, v in searched.items()))
+    out += list(lines)
+    rows = []
+    for name in NOTE_HEADLINES:
+        if name not in metrics:
+            continue
+        controls = [f"{c.strip('_')} {fmt(metrics[name + c])}" for c in NOTE_CONTROLS if name + c in metrics]
+        rows.append(f"- {name} {fmt(metrics[name])}" + (f" (controls: {', '.join(controls)})" if controls else ""))
+    if rows:
+        out.append("novel-class evaluation (one eval seed; values side by side, no difference claimed):\n" + "\n".join(rows))
+    if tags.get("command"):
+        out.append(f"command: `{tags['command']}`")
+    return "\n\n".join(out)
+
+
+def set_note(uri: str, run_id: str, text: str) -> None:
+    """Set the run's description (``mlflow.note.content``, shown on the run page and as a runs-table column)."""
+    client(uri).set_tag(run_id, NOTE_TAG, text[:5000])
+
+
+def describe_run(uri: str, run_id: str, *, title: str = "", lines: tuple[str, ...] = ()) -> None:
+    """``set_note`` with ``run_note`` of the run's current tags and latest metrics."""
+    run = client(uri).get_run(run_id)
+    set_note(uri, run_id, run_note(run.data.tags, run.data.metrics, title=title, lines=lines))
+
+
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     c = client(uri)
     for k, v in tags.items():
