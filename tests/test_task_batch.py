@@ -347,3 +347,19 @@ def test_transfer_adapt_many_default_and_zero_steps_are_adapt():
 def test_transfer_bad_task_batch_is_refused_by_name(bad):
     with pytest.raises(ValueError, match="task_batch"):
         Transfer({**TR_SMALL, "task_batch": bad}, TR_SHAPE, "cpu", 4)
+
+
+def test_protocol_generates_through_adapt_many_batched_as_class_by_class(float64):
+    """The evaluation protocol's path (``_generate_many``: ``adapt_many`` on a chunk of classes, then each
+    sampler's images) gives a batched transfer baseline the images the class-by-class ``_generate`` gives."""
+    from orchestrator.evaluation import protocol
+
+    cfg = {**TR_SMALL, "arch": "infogan"}
+    g = torch.Generator().manual_seed(2)
+    shots = [torch.rand(2, *TR_SHAPE, generator=g) * 2 - 1 for _ in range(3)]
+    classes = [4, 7, 9]
+    want = [protocol._generate(Transfer(cfg, TR_SHAPE, "cpu", 4), s, c, 0, 6, None, TR_SHAPE)
+            for s, c in zip(shots, classes)]
+    got = protocol._generate_many(Transfer({**cfg, "task_batch": 3}, TR_SHAPE, "cpu", 4), shots, classes, 0, 6,
+                                  None, TR_SHAPE)
+    assert all(torch.allclose(w, b, atol=1e-6) for w, b in zip(want, got))  # images are returned as float32

@@ -82,11 +82,30 @@ def _derived_seed(seed: int, c: int, purpose: int) -> int:
     return int(np.random.SeedSequence([seed, int(c), purpose]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+ADAPT_CHUNK = 16  # classes per ``adapt_many`` call: a method may adapt them as one batch; bounds the samplers held
+
+
+def _generate_many(model: Any, shots: list[torch.Tensor], classes: list[int], seed: int, n: int, steps: int | None,
+                   shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """``_generate`` for several classes through the ``adapt_many`` hook (the same seeds; methods/base.py).
+
+    A model that is not a ``methods.base.Method`` (no ``adapt_many``) adapts class by class."""
+    if not hasattr(model, "adapt_many"):
+        return [_generate(model, s, c, seed, n, steps, shape) for s, c in zip(shots, classes)]
+    device = getattr(model, "device", None)
+    xs = [s.to(device) if device is not None else s for s in shots]
+    samplers = model.adapt_many(xs, [_derived_seed(seed, c, 1) for c in classes], steps)
+    return [_sample(sampler, c, seed, n, shape, model) for sampler, c in zip(samplers, classes)]
+
+
 def _generate(model: Any, shots: torch.Tensor, c: int, seed: int, n: int, steps: int | None,
               shape: tuple[int, ...]) -> torch.Tensor:
     device = getattr(model, "device", None)
     x = shots.to(device) if device is not None else shots
-    sampler = model.adapt(x, seed=_derived_seed(seed, c, 1), steps=steps)
+    return _sample(model.adapt(x, seed=_derived_seed(seed, c, 1), steps=steps), c, seed, n, shape, model)
+
+
+def _sample(sampler: Any, c: int, seed: int, n: int, shape: tuple[int, ...], model: Any) -> torch.Tensor:
     with torch.no_grad():
         fake = sampler.sample(n, seed=_derived_seed(seed, c, 2))
     fake = fake.detach().float().cpu()
@@ -335,7 +354,15 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
             pix_fail.setdefault(key, err.reason)
         pix[key].append(mse); pix[key.replace("mse", "ssim")].append(ssim)
 
+    ahead: dict[str, dict[int, torch.Tensor]] = {}  # the next classes' images, adapted together (adapt_many)
     for i, c in enumerate(classes):
+        if i % ADAPT_CHUNK == 0:
+            chunk = classes[i:i + ADAPT_CHUNK]
+            chunk_shots = [ds.get(split_shots(ds, cc, shots, seed)[0]).float() for cc in chunk]
+            for key, model in (("", method), ("_scratch", scratch if controls else None)):
+                if model is not None:
+                    ahead[key] = dict(zip(chunk, _generate_many(model, chunk_shots, chunk, seed, n_generate,
+                                                                adapt_steps, shape)))
         shot_idx, real_idx = split_shots(ds, c, shots, seed)
         shot_indices[c] = [int(j) for j in shot_idx]
         shot_imgs, real_imgs = ds.get(shot_idx).float(), ds.get(real_idx).float()
@@ -344,7 +371,7 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
         real_feats[c] = features(real_imgs)
         shot_feats[c] = features(shot_imgs)
 
-        fake = _generate(method, shot_imgs, c, seed, n_generate, adapt_steps, shape)
+        fake = ahead[""].pop(c)
         count_bad("", fake)
         gen_feats[""][c] = features(fake)
         lp("", c, fake)
@@ -359,7 +386,7 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
             gen_feats["_unadapted"][c] = features(unadapted)
             lp("_unadapted", c, unadapted)
             if scratch is not None:
-                fake_scratch = _generate(scratch, shot_imgs, c, seed, n_generate, adapt_steps, shape)
+                fake_scratch = ahead["_scratch"].pop(c)
                 count_bad("_scratch", fake_scratch)
                 gen_feats["_scratch"][c] = features(fake_scratch)
                 lp("_scratch", c, fake_scratch)
