@@ -1,18 +1,40 @@
-"""Steady-state FIGR meta-training throughput: plain PyTorch vs Ray Train (1 and 2 workers).
+"""Meta-training throughput in one run on one config: task batching, and Ray Train scaling against the ceiling.
 
-Not a test: timings are noisy, so all three are measured in one run on the same config and
-compared as ratios. Each worker gets one CPU and one torch thread; the plain loop gets one
-thread too. Start-up (worker launch, imports, process-group set-up) is reported separately.
+Not a test: timings are noisy, so every configuration is measured in this one process (or its children) on
+the same config, ``--repeats`` times (default 3), and the median is reported; the ratios are what to read.
 
-    python benchmarks/train_throughput.py [--warmup 5] [--measure 40] [--width 16]
+Sections (``--sections``, default both):
 
-Targets: 1-worker Ray Train within 5% of the plain loop; 2 workers >= 1.8x one worker.
+``batched``  FIGR meta-training tasks/s on one device, sequential (``task_batch=1``) vs batched
+             (``task_batch=T``) for each T of ``--ts`` (default 1,4,8,16,32); a meta-step of T tasks per
+             measurement, one sequential and one batched step back to back per repeat (interleaved, so a
+             change in the machine's load hits both alike). ``--batched-methods figr,mtgan`` adds MT-GAN
+             (a "task" there is one N-way task: ``n_way`` harness tasks).
+``scaling``  FIGR with 1 task per worker per step: the plain PyTorch loop (1 thread); N independent plain
+             processes at once (no communication: the machine's ceiling for N workers); Ray Train with 1 and
+             with N workers (``--workers``, default 2), 1 CPU and 1 torch thread each. Each run warms up, then
+             times ``--repeats`` windows of ``--measure`` steps. On rank 0 it splits the measured time into the
+             gradient all-reduce (``grad_sync``, incl. waiting for the other workers), the per-step control
+             all-reduce (``distributed.any_flags``: diverged? budget reached?) and recording (the per-step record
+             the production loop keeps, and ``ray.train.report`` every ``--report-every`` steps; 0 = never inside
+             the window, as the production loop, which reports only with a checkpoint every ``eval_every``).
+
+    python benchmarks/train_throughput.py --json                      # full: omniglot, width 16, 40-step windows
+    python benchmarks/train_throughput.py --quick --json              # a few minutes: digits, width 8, 8-step windows
+    python benchmarks/train_throughput.py --device cuda --sections batched --ts 1,8,16,32 --json
+
+With ``--json`` the last stdout line is one JSON object holding at least ``batched_speedup_t8`` (batched over
+sequential FIGR tasks/s at T = 8; null when 8 is not in ``--ts``) and ``scaling_efficiency`` (Ray Train with N
+workers over N independent processes, tasks/s; null when the scaling section did not run, with the reason).
+Targets on the 2-core CPU (issue 14): batched_speedup_t8 >= 1.2, scaling_efficiency >= 0.95.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,182 +44,80 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
 
-from orchestrator.data import TaskSampler, load_dataset, make_split  # noqa: E402
-from orchestrator.kinds import build_method  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def config(args) -> dict:
-    from methods import get
-
-    return {**get("figr").default_config, "width": args.width, "shots": 4}
-
-
-def loop(cfg: dict) -> dict:
-    """The same pieces as the production worker loop (sampler, method, grad sync, stop flag)."""
-    import ray
-
-    from orchestrator.distributed import any_true, grad_sync, world
-
-    torch.set_num_threads(1)
-    rank, size = world()
-    ds = ray.get(cfg["ds"])
-    method = build_method("figr", cfg["method_cfg"], ds.image_shape)
-    sampler = TaskSampler(ds, cfg["classes"], 0)
-    inner_sync = grad_sync()
-    waited = [0.0]
-
-    def sync(params):  # time spent averaging gradients (all-reduce, incl. waiting for the other worker)
-        t = time.perf_counter()
-        inner_sync(params)
-        waited[0] += time.perf_counter() - t
-
-    first = None
-    for step in range(cfg["warmup"] + cfg["measure"]):
-        if step == cfg["warmup"]:
-            first, waited[0] = time.perf_counter(), 0.0
-        method.meta_train_step(sampler.tasks(step, [rank], 4), sync)
-        any_true(False, torch.device("cpu"))
-    total = time.perf_counter() - first
-    return {"tasks_per_s": cfg["measure"] * size / total, "sync_share": waited[0] / total}  # rank 0's reaches the driver
+def say(msg: str) -> None:
+    """Progress to stderr (stdout ends with the JSON line)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
-def plain(ds, classes, args) -> float:
-    torch.set_num_threads(1)
-    method = build_method("figr", config(args), ds.image_shape)
-    sampler = TaskSampler(ds, classes, 0)
-    for step in range(args.warmup):
-        method.meta_train_step(sampler.tasks(step, [0], 4))
-    t = time.perf_counter()
-    for step in range(args.warmup, args.warmup + args.measure):
-        method.meta_train_step(sampler.tasks(step, [0], 4))
-    return args.measure / (time.perf_counter() - t)
-
-
-def _plain_worker(args, queue) -> None:
-    ds = load_dataset(args.dataset, args.data_root if args.dataset != "digits" else None, 32, 1)
-    queue.put(plain(ds, make_split(ds, 0).base, args))
-
-
-def two_plain_processes(args) -> float:
-    """The machine's ceiling for two workers: two independent plain loops at once, no communication."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_plain_worker, args=(args, queue)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    rates = [queue.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return sum(rates)
-
-
-def ray_train(ds, classes, args, workers: int) -> tuple[float, float]:
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    t0 = time.perf_counter()
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config={"ds": ray.put(ds), "classes": classes, "method_cfg": config(args),
-                           "warmup": args.warmup, "measure": args.measure},
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(storage_path=str(Path(args.storage).resolve()), name=f"bench-{workers}w-{int(t0)}"),
-    )
-    result = trainer.fit()
-    total = time.perf_counter() - t0
-    rate = result.return_value["tasks_per_s"]
-    print(f"  (share of the measured time spent in gradient averaging on rank 0: "
-          f"{100 * result.return_value['sync_share']:.1f}%)", flush=True)
-    steady = (args.warmup + args.measure) / rate * workers
-    return rate, total - steady
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="omniglot")
-    ap.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--measure", type=int, default=40)
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--storage", default="/tmp/fsig-bench")
-    args = ap.parse_args()
-
-    import ray
-
-    ds = load_dataset(args.dataset, args.data_root if args.dataset != "digits" else None, 32, 1)
-    classes = make_split(ds, 0).base
-    print(f"FIGR dcgan width {args.width}, 32x32, n=4, K=10, 1 task per worker per step, "
-          f"{args.warmup} warm-up + {args.measure} measured steps", flush=True)
-    p = plain(ds, classes, args)
-    print(f"plain PyTorch, 1 thread:   {p:.3f} tasks/s", flush=True)
-    c = two_plain_processes(args)
-    print(f"2 plain processes at once: {c:.3f} tasks/s  (the hardware ceiling for 2 workers: {c / p:.2f}x)", flush=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    r1, s1 = ray_train(ds, classes, args, 1)
-    print(f"Ray Train, 1 worker:       {r1:.3f} tasks/s  (start-up + teardown {s1:.1f} s)", flush=True)
-    r2, s2 = ray_train(ds, classes, args, 2)
-    print(f"Ray Train, 2 workers:      {r2:.3f} tasks/s  (start-up + teardown {s2:.1f} s)", flush=True)
-    ray.shutdown()
-    out = {"plain": p, "two_plain_processes": c, "ray_1": r1, "ray_2": r2, "ray1_vs_plain": r1 / p, "ray2_vs_ray1": r2 / r1,
-           "startup_1_s": s1, "startup_2_s": s2}
-    print(f"ratio 1-worker / plain: {r1 / p:.3f}  (target >= 0.95)")
-    print(f"ratio 2 workers / 1:    {r2 / r1:.3f}  (target >= 1.8; ceiling here {c / p:.2f})")
-    print(json.dumps(out))
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages (os.getloadavg), to state the conditions of a measurement."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
 
 
 # ---------------------------------------------------------------------------------------------------
-# Task batching (issue 14, item 4): sequential vs batched inner loops on one device. Independent of Ray.
+# Task batching: sequential vs batched inner loops on one device. Independent of Ray.
 # ---------------------------------------------------------------------------------------------------
-def _figr_tasks(count: int, shots: int, image_shape: tuple[int, int, int], seed: int) -> list:
+def _tasks(count: int, shots: int, image_shape: tuple[int, int, int], seed: int, classes: int = 20) -> list:
     """``count`` tasks of ``shots`` random images in [-1, 1] (throughput does not depend on the pixels)."""
     from methods.base import Task
 
     g = torch.Generator().manual_seed(seed)
-    return [Task(torch.rand(shots, *image_shape, generator=g) * 2 - 1, label=i, seed=seed + i) for i in range(count)]
+    return [Task(torch.rand(shots, *image_shape, generator=g) * 2 - 1, label=i % classes, seed=seed + i)
+            for i in range(count)]
 
 
 def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1, 4, 8, 16, 32), repeats: int = 3,
-                    width: int = 16, threads: int | None = 1, inner_steps: int = 10) -> dict:
-    """FIGR meta-training tasks/s, sequential (``task_batch=1``) vs batched (``task_batch=T``), at each T.
+                    width: int = 16, threads: int | None = 1, inner_steps: int = 10, method: str = "figr") -> dict:
+    """Meta-training tasks/s, sequential (``task_batch=1``) vs batched (``task_batch=T``), at each T.
 
-    Config: FIGR's defaults (dcgan, ``width``, z_dim 100, n=4 shots, K=``inner_steps``, SGD inner steps)
-    on 32x32 single-channel random images. For each T, one meta-step of T tasks per measurement: a
-    warm-up step of each path, then ``repeats`` rounds that time one sequential and one batched step
-    back to back (interleaved, so a change in the machine's load hits both alike); the median round
-    is reported. T=1 is the sequential loop itself (the batched path at T=1 is not a configuration:
-    ``task_batch=1`` means sequential), so its speedup is 1 by definition.
-
-    ``threads``: torch threads on the CPU (1, as the rest of this benchmark gives each worker; None
-    leaves torch's default). Besides wall-clock tasks/s it records process CPU-seconds per task,
-    which a shared machine disturbs less. Returns a JSON-ready dict including ``batched_speedup_t8``.
+    ``method="figr"``: FIGR's defaults (dcgan, ``width``, z_dim 100, n=4 shots, K=``inner_steps``, SGD inner
+    steps); a task is one FIGR task. ``method="mtgan"``: MT-GAN's phase 2 (``pretrain_steps=0``, 5-way, 4 shots
+    + 4 queries, K=``inner_steps``); a task is one N-way task (5 harness tasks). 32x32 single-channel random
+    images. For each T: a warm-up step of each path, then ``repeats`` rounds that time one sequential and one
+    batched meta-step of T tasks back to back; medians. T=1 is the sequential loop itself (``task_batch=1``
+    means sequential), so its speedup is 1 by definition. ``threads``: torch threads on the CPU (None: torch's
+    default). Besides wall-clock tasks/s it records process CPU-seconds per task, which a shared machine
+    disturbs less. Returns a JSON-ready dict, with ``batched_speedup_t8`` when 8 is in ``ts``.
     """
-    import statistics
-
     from methods.figr import FIGR
+    from methods.mtgan import MTGAN
 
     device = torch.device(device)
     if device.type == "cpu" and threads is not None:
         torch.set_num_threads(int(threads))
 
-    def timed(method, tasks) -> tuple[float, float]:
+    def timed(m, tasks) -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         w, c = time.perf_counter(), time.process_time()
-        method.meta_train_step(tasks)
+        m.meta_train_step(tasks)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - w, time.process_time() - c
 
     shape = (1, 32, 32)
-    base = {"width": int(width), "inner_steps": int(inner_steps), "shots": 4}
+    if method == "figr":
+        base = {"width": int(width), "inner_steps": int(inner_steps), "shots": 4}
+        build = lambda T: FIGR({**base, "task_batch": int(T)}, shape, device)  # noqa: E731
+        per_task, shots = 1, 4
+    elif method == "mtgan":
+        base = {"width": int(width), "inner_steps": int(inner_steps), "shots": 4, "queries": 4, "n_way": 5,
+                "pretrain_steps": 0}
+        build = lambda T: MTGAN({**base, "task_batch": int(T)}, shape, device, 20)  # noqa: E731
+        per_task, shots = 5, 8
+    else:
+        raise ValueError(f"batched_section: method must be figr or mtgan, got {method!r}")
     rows: dict[str, dict] = {}
     for T in ts:
-        tasks = _figr_tasks(int(T), 4, shape, seed=1000 * int(T))
-        seq = FIGR({**base, "task_batch": 1}, shape, device)
-        bat = FIGR({**base, "task_batch": int(T)}, shape, device) if T > 1 else None
+        tasks = _tasks(int(T) * per_task, shots, shape, seed=1000 * int(T))
+        seq = build(1)
+        bat = build(T) if T > 1 else None
         timed(seq, tasks)
         if bat is not None:
             timed(bat, tasks)
@@ -207,16 +127,17 @@ def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1
             if bat is not None:
                 b_runs.append(timed(bat, tasks))
         s_wall, s_cpu = statistics.median(r[0] for r in s_runs), statistics.median(r[1] for r in s_runs)
-        b_wall, b_cpu = (statistics.median(r[0] for r in b_runs), statistics.median(r[1] for r in b_runs)) if b_runs else (s_wall, s_cpu)
+        b_wall, b_cpu = ((statistics.median(r[0] for r in b_runs), statistics.median(r[1] for r in b_runs))
+                         if b_runs else (s_wall, s_cpu))
         rows[str(T)] = {
             "sequential_tasks_per_s": T / s_wall, "batched_tasks_per_s": T / b_wall, "speedup": s_wall / b_wall,
             "sequential_cpu_s_per_task": s_cpu / T, "batched_cpu_s_per_task": b_cpu / T, "cpu_speedup": s_cpu / b_cpu,
         }
-        print(f"  T={T:>2}: sequential {T / s_wall:.3f} tasks/s, batched {T / b_wall:.3f} tasks/s, "
-              f"x{s_wall / b_wall:.2f} (CPU time x{s_cpu / b_cpu:.2f})", file=sys.stderr, flush=True)
+        say(f"  {method} T={T:>2}: sequential {T / s_wall:.3f} tasks/s, batched {T / b_wall:.3f} tasks/s, "
+            f"x{s_wall / b_wall:.2f} (CPU time x{s_cpu / b_cpu:.2f})")
     out = {
-        "section": "batched", "device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "config": {"method": "figr", "arch": "dcgan", **base, "image_shape": list(shape), "inner_optimizer": "sgd"},
+        "method": method, "device": str(device), "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "config": {"method": method, "arch": "dcgan", **base, "image_shape": list(shape), "inner_optimizer": "sgd"},
         "repeats": int(repeats), "by_t": rows,
     }
     if "8" in rows:
@@ -225,25 +146,286 @@ def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1
     return out
 
 
-def batched_main(argv: list[str]) -> None:
-    """``--batched-only``: run just ``batched_section`` and print its result as one JSON line."""
-    ap = argparse.ArgumentParser(description="FIGR task batching: sequential vs batched tasks/s")
-    ap.add_argument("--batched-only", action="store_true", required=True)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--ts", default="1,4,8,16,32", help="task batch sizes T, comma-separated")
+# ---------------------------------------------------------------------------------------------------
+# Scaling: plain loop, N independent processes, Ray Train with 1 and N workers.
+# ---------------------------------------------------------------------------------------------------
+def method_config(args) -> dict:
+    from methods import get
+
+    return {**get("figr").default_config, "width": args.width, "shots": 4}
+
+
+def _load(args):
+    from orchestrator.data import load_dataset, make_split
+
+    ds = load_dataset(args.dataset, args.data_root if args.dataset != "digits" else None, 32, 1)
+    return ds, make_split(ds, 0).base
+
+
+def plain_windows(ds, classes, cfg: dict, device: str, warmup: int, measure: int, repeats: int, index: int = 0) -> list[float]:
+    """The plain PyTorch loop (no Ray, no process group), 1 thread: tasks/s of each of ``repeats`` windows."""
+    from orchestrator.data import TaskSampler
+    from orchestrator.kinds import build_method
+
+    torch.set_num_threads(1)
+    dev = torch.device(device)
+    method = build_method("figr", cfg, ds.image_shape, dev)
+    sampler = TaskSampler(ds, classes, index)
+    step, rates = 0, []
+    for _ in range(warmup):
+        method.meta_train_step(sampler.tasks(step, [0], 4))
+        step += 1
+    for _ in range(repeats):
+        _sync_device(dev)
+        t = time.perf_counter()
+        for _ in range(measure):
+            method.meta_train_step(sampler.tasks(step, [0], 4))
+            step += 1
+        _sync_device(dev)
+        rates.append(measure / (time.perf_counter() - t))
+    return rates
+
+
+def _sync_device(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _plain_process(args_dict: dict, index: int, queue) -> None:
+    args = argparse.Namespace(**args_dict)
+    ds, classes = _load(args)
+    device = f"cuda:{index}" if args.device == "cuda" else "cpu"
+    queue.put((index, plain_windows(ds, classes, method_config(args), device, args.warmup, args.measure,
+                                    args.repeats, index)))
+
+
+def independent_processes(args, n: int) -> list[float]:
+    """The machine's ceiling for n workers: n plain loops at once in n processes, no communication.
+
+    Returns, per window, the sum of the n processes' tasks/s (window i of each process overlaps in time)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_plain_process, args=(vars(args), i, queue)) for i in range(n)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return [sum(results[i][w] for i in range(n)) for w in range(args.repeats)]
+
+
+def ray_worker_loop(cfg: dict) -> dict:
+    """A Ray Train worker: the production loop's per-step structure (orchestrator/loop.py) on FIGR, timed.
+
+    Per step: draw this worker's tasks, ``meta_train_step`` with the harness's ``grad_sync`` (timed: the
+    gradient all-reduce), ``any_flags`` (timed: the loop's one control all-reduce per step), then the record
+    the loop keeps and, every ``report_every`` steps, ``ray.train.report`` (timed: recording).
+    """
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from orchestrator.data import TaskSampler
+    from orchestrator.distributed import any_flags, broadcast_params, grad_sync, world
+    from orchestrator.kinds import build_method
+
+    torch.set_num_threads(1)
+    rank, size = world()
+    device = ray.train.torch.get_device()
+    ds = ray.get(cfg["ds"])
+    method = build_method("figr", cfg["method_cfg"], ds.image_shape, device)
+    broadcast_params(method.parameters())
+    sampler = TaskSampler(ds, cfg["classes"], 0)
+    inner_sync = grad_sync()
+    spent = {"allreduce": 0.0, "flags": 0.0, "recording": 0.0}
+
+    def sync(params):
+        t = time.perf_counter()
+        inner_sync(params)
+        spent["allreduce"] += time.perf_counter() - t
+
+    step, records, windows, total = 0, [], [], 0.0
+    every = int(cfg["report_every"])
+    for w in range(-1, cfg["repeats"]):  # window -1: the warm-up, not counted
+        n = cfg["warmup"] if w < 0 else cfg["measure"]
+        _sync_device(device)
+        t = time.perf_counter()
+        for _ in range(n):
+            losses = {k: float(v) for k, v in method.meta_train_step(sampler.tasks(step, [rank], 4), sync).items()}
+            step += 1
+            tf = time.perf_counter()
+            diverged, stop = any_flags([not all(math.isfinite(v) for v in losses.values()), False], device)
+            tr = time.perf_counter()
+            spent["flags"] += tr - tf
+            records.append({"step": step, "metrics": losses})
+            if every and step % every == 0:
+                ray.train.report({"step": step, **losses})
+                records = []
+            spent["recording"] += time.perf_counter() - tr
+        _sync_device(device)
+        elapsed = time.perf_counter() - t
+        if w < 0:
+            spent = {k: 0.0 for k in spent}
+            continue
+        windows.append(n * size / elapsed)
+        total += elapsed
+    ray.train.report({"step": step, "done": 1})
+    return {"windows": windows, **{f"{k}_share": v / total for k, v in spent.items()}}
+
+
+def ray_train(ds, classes, args, workers: int) -> dict:
+    """One TorchTrainer run of ``ray_worker_loop`` with ``workers`` workers; rank 0's windows and shares."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.perf_counter()
+    use_gpu = args.device == "cuda"
+    trainer = TorchTrainer(
+        ray_worker_loop,
+        train_loop_config={"ds": ray.put(ds), "classes": classes, "method_cfg": method_config(args),
+                           "warmup": args.warmup, "measure": args.measure, "repeats": args.repeats,
+                           "report_every": args.report_every},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": 1, **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(storage_path=str(Path(args.storage).resolve()), name=f"bench-{workers}w-{int(t0)}"),
+    )
+    result = trainer.fit()
+    out = dict(result.return_value)
+    steady = sum(args.measure * workers / r for r in out["windows"])
+    out["startup_teardown_s"] = time.perf_counter() - t0 - steady
+    return out
+
+
+def scaling_section(args) -> dict:
+    """Plain loop, N independent processes, Ray Train 1 and N workers: medians of ``repeats`` windows each."""
+    n = int(args.workers)
+    out: dict = {"workers": n, "device": args.device, "report_every": args.report_every,
+                 "config": {"method": "figr", "arch": "dcgan", "width": args.width, "shots": 4, "inner_steps": 10,
+                            "tasks_per_worker": 1, "dataset": args.dataset, "warmup": args.warmup,
+                            "measure": args.measure, "repeats": args.repeats}}
+    if args.device == "cuda" and torch.cuda.device_count() < n:
+        out["skipped"] = (f"{n} workers on cuda need {n} GPUs; {torch.cuda.device_count()} visible: the N-worker "
+                          "and N-process runs were not made")
+        say(f"scaling: {out['skipped']}")
+        n_runs = False
+    else:
+        n_runs = True
+    ds, classes = _load(args)
+    med = statistics.median
+    say(f"scaling: FIGR dcgan width {args.width}, 32x32, n=4, K=10, 1 task per worker per step, "
+        f"{args.warmup} warm-up + {args.repeats} x {args.measure} measured steps, device {args.device}")
+    plain = plain_windows(ds, classes, method_config(args), "cuda:0" if args.device == "cuda" else "cpu",
+                          args.warmup, args.measure, args.repeats)
+    out["plain"] = {"windows": plain, "tasks_per_s": med(plain)}
+    say(f"  plain PyTorch, 1 thread:       {med(plain):.3f} tasks/s  {[round(r, 3) for r in plain]}")
+    if n_runs:
+        ind = independent_processes(args, n)
+        out["independent"] = {"windows": ind, "tasks_per_s": med(ind), "vs_plain": med(ind) / med(plain)}
+        say(f"  {n} independent processes:     {med(ind):.3f} tasks/s  (ceiling {med(ind) / med(plain):.2f}x plain)")
+    import ray
+
+    from orchestrator.lifecycle import ensure_ray
+
+    # The production start of a local Ray: its workers at nice 0 like the plain processes (Ray's default of 15
+    # starves them on a busy machine), the dashboard Ray Train polls, a retry of Ray's 30 s start-up deadline.
+    ensure_ray(None)
+    try:
+        for w in ([1, n] if n_runs and n > 1 else [1]):
+            r = ray_train(ds, classes, args, w)
+            r["tasks_per_s"] = med(r["windows"])
+            out[f"ray_{w}"] = r
+            say(f"  Ray Train, {w} worker(s):       {r['tasks_per_s']:.3f} tasks/s  "
+                f"(all-reduce {100 * r['allreduce_share']:.1f}%, control all-reduce {100 * r['flags_share']:.2f}%, "
+                f"recording {100 * r['recording_share']:.2f}% of rank 0's time; start-up + teardown "
+                f"{r['startup_teardown_s']:.1f} s)")
+    finally:
+        ray.shutdown()
+    out["ray1_vs_plain"] = out["ray_1"]["tasks_per_s"] / out["plain"]["tasks_per_s"]
+    if n_runs and n > 1:
+        rn = out[f"ray_{n}"]
+        out["rayN_vs_ray1"] = rn["tasks_per_s"] / out["ray_1"]["tasks_per_s"]
+        out["scaling_efficiency"] = rn["tasks_per_s"] / out["independent"]["tasks_per_s"]
+        # the same ratio per window (window i of each run), to show its spread
+        out["scaling_efficiency_windows"] = [a / b for a, b in zip(rn["windows"], out["independent"]["windows"])]
+        out["allreduce_share"] = rn["allreduce_share"]
+        out["flags_share"] = rn["flags_share"]
+        out["recording_share"] = rn["recording_share"]
+        say(f"  ratio Ray 1 worker / plain:    {out['ray1_vs_plain']:.3f}")
+        say(f"  ratio Ray {n} / Ray 1:           {out['rayN_vs_ray1']:.3f}")
+        say(f"  scaling efficiency (Ray {n} / {n} independent): {out['scaling_efficiency']:.3f}  (target >= 0.95)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sections", default="batched,scaling", help="comma-separated: batched, scaling")
+    ap.add_argument("--batched-only", action="store_true", help="same as --sections batched")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few minutes: digits, width 8, K=10, T in 1,8, 2 warm-up + 3 x 8 measured steps")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    ap.add_argument("--ts", default=None, help="task batch sizes T, comma-separated (default 1,4,8,16,32)")
+    ap.add_argument("--batched-methods", default="figr", help="comma-separated: figr, mtgan")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--inner-steps", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU in the batched section (0: default)")
+    ap.add_argument("--dataset", default=None, help="scaling section's dataset (default omniglot; --quick: digits)")
+    ap.add_argument("--data-root", default=os.environ.get("FSIG_DATASETS", str(ROOT.parent / "shared" / "datasets")))
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--measure", type=int, default=None, help="steps per measured window")
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=2, help="N: Ray Train workers and independent processes")
+    ap.add_argument("--report-every", type=int, default=0,
+                    help="ray.train.report every k steps in the Ray Train runs (0: never inside the window)")
+    ap.add_argument("--storage", default="/tmp/fsig-bench")
     args = ap.parse_args(argv)
-    ts = tuple(int(t) for t in args.ts.split(",") if t)
-    out = batched_section(args.device, ts, args.repeats, width=args.width, threads=args.threads or None,
-                          inner_steps=args.inner_steps)
-    print(json.dumps(out))
+    quick = args.quick
+    args.dataset = args.dataset or ("digits" if quick else "omniglot")
+    args.warmup = args.warmup if args.warmup is not None else (2 if quick else 5)
+    args.measure = args.measure if args.measure is not None else (8 if quick else 40)
+    args.width = args.width if args.width is not None else (8 if quick else 16)
+    ts = tuple(int(t) for t in (args.ts or ("1,8" if quick else "1,4,8,16,32")).split(",") if t)
+    sections = {"batched"} if args.batched_only else {s.strip() for s in args.sections.split(",") if s.strip()}
+    if not sections <= {"batched", "scaling"} or args.repeats < 1 or args.workers < 1 or any(t < 1 for t in ts):
+        ap.error("--sections takes batched and/or scaling; --repeats, --workers and every T must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is visible to torch here; use --device cpu")
+
+    out: dict = {"command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                 "load_average_start": load_average(), "torch": torch.__version__, "device": args.device,
+                 "cpus": os.cpu_count(), "batched_speedup_t8": None, "scaling_efficiency": None}
+    if args.device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+    if "batched" in sections:
+        for m in [s.strip() for s in args.batched_methods.split(",") if s.strip()]:
+            say(f"batched: {m}, device {args.device}, T in {ts}, median of {args.repeats}")
+            res = batched_section(args.device, ts, args.repeats, width=args.width, threads=args.threads or None,
+                                  inner_steps=args.inner_steps, method=m)
+            out[f"batched_{m}"] = res
+            if m == "figr":
+                out["batched_speedup_t8"] = res.get("batched_speedup_t8")
+                out["batched_cpu_speedup_t8"] = res.get("batched_cpu_speedup_t8")
+            elif "batched_speedup_t8" in res:
+                out[f"{m}_batched_speedup_t8"] = res["batched_speedup_t8"]
+    if "scaling" in sections:
+        sc = scaling_section(args)
+        out["scaling"] = sc
+        for k in ("scaling_efficiency", "allreduce_share", "flags_share", "recording_share", "ray1_vs_plain",
+                  "rayN_vs_ray1"):
+            if k in sc:
+                out[k] = sc[k]
+        if "skipped" in sc:
+            out["scaling_skipped"] = sc["skipped"]
+    out["load_average_end"] = load_average()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":
-    if "--batched-only" in sys.argv[1:]:
-        batched_main(sys.argv[1:])
-    else:
-        main()
+    main()

@@ -53,6 +53,20 @@ def any_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def any_flags(flags: list[bool], device: torch.device) -> list[bool]:
+    """For each flag, True on every worker if it is true on any: several ``any_true`` in ONE all-reduce.
+
+    ``flags``: the same number of booleans on every worker; returns a list of that length. The training
+    loop asks two questions per step (diverged? budget reached?); one all-reduce instead of two halves
+    the per-step synchronisation points besides the gradients' own (issue 14)."""
+    _, size = world()
+    if size == 1 or not flags:
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]
+
+
 def broadcast_params(params: list[torch.nn.Parameter]) -> None:
     """Start every worker from rank 0's parameters."""
     _, size = world()
