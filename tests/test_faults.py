@@ -110,7 +110,7 @@ class Env:
                                 start_new_session=True)
         return proc, out, err
 
-    def run(self, args: list[str], timeout: float = 600, **extra: str) -> tuple[int, str, str]:
+    def run(self, args: list[str], timeout: float = 2400, **extra: str) -> tuple[int, str, str]:
         proc, out, err = self.start(args, **extra)
         try:
             proc.wait(timeout=timeout)
@@ -174,7 +174,7 @@ def test_killed_train_resumes_to_every_step_once(env, tmp_path):
     proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", "killed", *FIGR,
                               "--set", "eval_every=2", "--steps", str(steps)])
     try:
-        run = wait_for(lambda: run_at_step(uri, "killed", 4), 900, "the second recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(uri, "killed", 4), 1800, "the second recorded checkpoint", proc, err)
     finally:
         kill_tree(proc)
     run_id = run.info.run_id
@@ -210,7 +210,7 @@ class MlflowServer:
              "--artifacts-destination", str(self.tmp / "server-artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],  # one process: uvicorn's supervisor kills busy workers
             cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._healthy, 240, f"mlflow server on port {self.port}", self.proc, self.tmp / f"server{self.n}.log")
+        wait_for(self._healthy, 600, f"mlflow server on port {self.port}", self.proc, self.tmp / f"server{self.n}.log")
 
     def _healthy(self) -> bool:
         import urllib.request
@@ -244,11 +244,11 @@ def test_tracking_server_restarted_mid_run_keeps_a_complete_record(env, server):
                               "--set", "eval_every=2", "--steps", str(steps)],
                              MLFLOW_HTTP_REQUEST_MAX_RETRIES="8", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
     try:
-        run = wait_for(lambda: run_at_step(server.uri, exp, 4), 900, "the second recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(server.uri, exp, 4), 1800, "the second recorded checkpoint", proc, err)
         at_stop = recorded_step(server.uri, run.info.run_id)
         server.stop()
         server.start()
-        proc.wait(timeout=600)
+        proc.wait(timeout=2400)
     finally:
         if proc.poll() is None:
             kill_tree(proc)
@@ -275,9 +275,9 @@ def test_tracking_server_down_past_the_bound_fails_with_one_line_and_the_resume_
     proc, _, err = env.start(["train", "figr", "--tracking-uri", server.uri, "--experiment", exp, *FIGR,
                               "--set", "eval_every=2", "--steps", str(steps)], **bound)
     try:
-        run = wait_for(lambda: run_at_step(server.uri, exp, 2), 900, "the first recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(server.uri, exp, 2), 1800, "the first recorded checkpoint", proc, err)
         server.stop()
-        proc.wait(timeout=600)
+        proc.wait(timeout=2400)
     finally:
         if proc.poll() is None:
             kill_tree(proc)
@@ -313,12 +313,12 @@ def test_unwritable_artifact_location_fails_with_one_line_and_a_consistent_recor
     proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", exp, *FIGR,
                               "--set", "eval_every=2", "--steps", str(steps)])
     try:
-        run = wait_for(lambda: run_at_step(uri, exp, 2), 900, "the first recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(uri, exp, 2), 1800, "the first recorded checkpoint", proc, err)
         artifacts = tmp_path / "mlartifacts" / run.info.run_id / "artifacts"
         assert artifacts.is_dir(), run.info.artifact_uri
         artifacts.rename(artifacts.with_name("artifacts.moved"))
         artifacts.write_text("not a folder")
-        proc.wait(timeout=600)
+        proc.wait(timeout=2400)
     finally:
         if proc.poll() is None:
             kill_tree(proc)
@@ -370,11 +370,11 @@ def test_sweep_driver_killed_twice_resumes_to_exactly_its_trials(env, tmp_path):
                                 "--space", str(space)])
     try:
         name = wait_for(lambda: next((line.split(": ", 1)[1] for line in out.read_text().splitlines()
-                                      if line.startswith("sweep name: ")), None), 300, "the sweep's name", proc, err)
+                                      if line.startswith("sweep name: ")), None), 1200, "the sweep's name", proc, err)
         parent = wait_for(lambda: next((r for r in runs_of(uri, "sweep-kill")
-                                        if r.data.tags.get("sweep_name") == name), None), 60, "the parent run")
+                                        if r.data.tags.get("sweep_name") == name), None), 300, "the parent run")
         parent_id = parent.info.run_id
-        wait_for(lambda: any(s >= 2 for _, s in _progress(uri, parent_id)), 900, "a trial's first checkpoint",
+        wait_for(lambda: any(s >= 2 for _, s in _progress(uri, parent_id)), 1800, "a trial's first checkpoint",
                  proc, err)
     finally:
         kill_tree(proc)
@@ -383,7 +383,7 @@ def test_sweep_driver_killed_twice_resumes_to_exactly_its_trials(env, tmp_path):
 
     proc, _, err = env.start(["sweep", "figr", "--resume", name, "--tracking-uri", uri])
     try:
-        wait_for(lambda: {p for p in _progress(uri, parent_id) if p[1] >= 2} - seen, 900,
+        wait_for(lambda: {p for p in _progress(uri, parent_id) if p[1] >= 2} - seen, 1800,
                  "something recorded by the resumed sweep", proc, err)
     finally:
         kill_tree(proc)
@@ -429,7 +429,7 @@ def test_pregenerate_killed_and_restarted_writes_each_row_once(env, tmp_path, da
             "--out", str(out), "--tracking-uri", uri]
     proc, _, err = env.start(args)
     try:
-        wait_for(lambda: store.done_ids(out), 300, "the first shard", proc, err)
+        wait_for(lambda: store.done_ids(out), 1800, "the first shard", proc, err)
     finally:
         kill_tree(proc)
     first = store.done_ids(out)
@@ -461,7 +461,7 @@ def test_two_trains_at_once_each_with_its_own_local_ray_log_no_errors(env, tmp_p
                        "--set", "eval_every=2", "--steps", "4", "--seed", str(seed), "--json"]) for seed in (0, 1)]
     try:
         for proc, _, _ in cmds:
-            proc.wait(timeout=600)
+            proc.wait(timeout=2400)
     finally:
         for proc, _, _ in cmds:
             if proc.poll() is None:
