@@ -11,7 +11,8 @@ How it fits together (Ray 2.60, Train V2):
 - A trial's config: harness defaults < method defaults < ``select_metric`` = the space's metric <
   the space's ``fixed:`` < CLI flags (``--dataset``, ``--steps``, ``--budget-minutes`` ...) < ``--set``
   < the trial's searched values (``--set`` on a searched key is refused). Defaults: 4 trials of
-  1 minute each, as many at a time as the cluster's CPUs hold (2 here).
+  1 minute each (a space's ``fixed:`` ``steps``/``budget_minutes`` replace the minute, as
+  ``search_spaces/mfh.yaml`` does), as many at a time as the cluster's CPUs hold (2 here).
 - Each trial is a Tune *function* trainable (``_trial``) that requests no CPU (``{"cpu": 0,
   "memory": 1}``) and builds a ``TorchTrainer`` through the run lifecycle (``orchestrator.lifecycle``) with Ray Tune's
   ``TuneReportCallback``: every ``eval_every`` steps the workers' ``ray.train.report`` (losses and
@@ -25,10 +26,16 @@ How it fits together (Ray 2.60, Train V2):
   validation checkpoint logged as ``checkpoint/model.pt``. It is evaluated on novel classes only
   if it turns out to be the best trial (trials rank by their best validation value, so a trial
   stopped after a good early checkpoint can win); the others lost on validation.
+- The Optuna study is kept in a journal file, ``<storage>/<sweep name>/optuna.journal`` (one study per
+  sweep, named after it; path in the parent's tags ``optuna_storage``/``optuna_study`` and printed at
+  start), so ``optuna-dashboard FILE`` and ``optuna.load_study`` open it. TPE runs with
+  ``constant_liar`` when trials run concurrently. After the sweep the study's parameter-importance and
+  parallel-coordinate plots are logged to the parent run (``optuna/*.png``).
 - Resume: the sweep's name is printed at start. After Ctrl-C (Tune saves its state and returns)
   or a killed driver, ``sweep METHOD --resume NAME`` finds the parent run by its tag, reloads
   ``sweep.json`` (method, config, space, resources: only these are used) and calls
-  ``Tuner.restore(..., resume_unfinished=True, resume_errored=True)``. A re-run trial looks up
+  ``Tuner.restore(..., resume_unfinished=True, resume_errored=True)``. The restored searcher reopens the same
+  study file, so the study continues. A re-run trial looks up
   its child run by ``tune_trial_id`` before creating one, and its ``TorchTrainer`` (same name and
   storage path) continues from its last checkpoint. A child whose trial was already finished is
   not trained again. Children of trials Tune has no record of (a driver killed before Tune saved
@@ -214,10 +221,45 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, data=None)
 
 
 def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
+    """Start (or with ``--resume`` continue) a sweep; end with ``compare``'s table of it and how to open MLflow."""
     uri = _absolute_uri(uri)
-    if args.resume:
-        return _resume(args, uri)
-    return _start(args, uri)
+    summary = _resume(args, uri) if args.resume else _start(args, uri)
+    _print_compare(uri, summary)
+    _log(f"open it in MLflow's UI: {ui_hint(uri, summary['parent_run_id'])}")
+    return summary
+
+
+def ui_hint(uri: str, parent_run_id: str) -> str:
+    """The command (for a SQLite store) and the page that show a sweep's runs in MLflow's UI.
+
+    MLflow 3.17's UI opens an experiment on its GenAI views unless the page asks for model training
+    (``workflowType=machine_learning``), so the link names the runs page with it.
+    """
+    from orchestrator import tracking
+
+    exp = tracking.client(uri).get_run(parent_run_id).info.experiment_id
+    page = f"#/experiments/{exp}/runs?workflowType=machine_learning"
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000/{page})"
+    return f"{uri.rstrip('/')}/{page}"
+
+
+def _print_compare(uri: str, summary: dict[str, Any]) -> None:
+    """Print ``compare --parent`` of the sweep (its best trial's row) and log its plot to the parent run.
+
+    A sweep with no finished trial holding the metric has nothing to compare: said in one line.
+    """
+    from orchestrator import compare
+
+    p = argparse.ArgumentParser()
+    compare.add_arguments(p)
+    with tempfile.TemporaryDirectory() as tmp:
+        cargs = p.parse_args(["--parent", summary["parent_run_id"], "--metric", summary["metric"],
+                              "--mode", summary["mode"], "--out", str(Path(tmp, "compare.png"))])
+        try:
+            compare.run(cargs, uri)
+        except UserError as err:
+            _log(f"compare: {err}")
 
 
 def _validate_scale(trials: int, concurrency: int | None, workers: int, cpus: float, gpus: float) -> None:
@@ -257,10 +299,11 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
                             f"(or put it under fixed:) to hold it constant")
     steps = args.steps
     budget = args.budget_minutes
-    if steps is None and budget is None:
-        budget = DEFAULT_BUDGET_MINUTES
-    flags = {"dataset": args.dataset, "data_root": args.data_root, "steps": steps if steps is not None else 0,
-             "budget_minutes": budget if budget is not None else 0.0}
+    flags: dict[str, Any] = {"dataset": args.dataset, "data_root": args.data_root}
+    if steps is not None or budget is not None:  # a flag replaces the space's fixed budget as a whole
+        flags.update(steps=steps if steps is not None else 0, budget_minutes=budget if budget is not None else 0.0)
+    elif not {"steps", "budget_minutes"} & set(space.fixed):  # the space file may set the default budget
+        flags.update(steps=0, budget_minutes=DEFAULT_BUDGET_MINUTES)
     # Checkpoints are chosen on the metric the sweep ranks by (unless --set select_metric=... says otherwise).
     overrides = {"select_metric": space.metric, **space.fixed, **{k: v for k, v in flags.items() if v is not None}}
     cfg = config_mod.resolve(cls.default_config, overrides, args.set, cls.harness_defaults)
@@ -274,7 +317,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         "max_failures": args.max_failures, "experiment": args.experiment or tracking.DEFAULT_EXPERIMENT,
         "search": args.search, "scheduler": args.scheduler,
         "startup_trials": args.startup_trials if args.startup_trials is not None else max(2, trials // 3),
-        "storage": storage, "tune_path": _join(storage, name),
+        "storage": storage, "tune_path": _join(storage, name), "optuna_storage": study_file(storage, name),
     }
     prep = lifecycle.prepare(args.method, cfg)  # the same pre-start validation as train
     split = prep.split
@@ -292,6 +335,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         parent = tracking.start_run(uri, sweep["experiment"], name, parent_params, {
             "sweep_name": name, "sweep_role": "parent", "method": args.method, "dataset": cfg["dataset"],
             "split_seed": str(split.seed), "seed": str(args.seed), "tune_path": sweep["tune_path"],
+            "optuna_storage": sweep["optuna_storage"], "optuna_study": name,
             "features": prep.aids.description, "command": lifecycle.command_line()})
         sweep["parent_run_id"] = parent
         sweep["split"] = split.to_dict()
@@ -303,6 +347,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         _log(f"sweep {name}: {trials} trials of {args.method} on {cfg['dataset']}, searching "
              f"{', '.join(space.params)} ({space.mode} {space.metric}); MLflow parent run {parent} in {uri}")
         _log(f"interrupted? continue with: python -m orchestrator sweep {args.method} --resume {name}")
+        _log(f"Optuna study {name} kept in {sweep['optuna_storage']} (open it with: "
+             f"optuna-dashboard {sweep['optuna_storage']})")
         print(f"sweep name: {name}", flush=True)
         return _tune(sweep, uri, prep, restore=False)
     finally:
@@ -417,10 +463,15 @@ def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, 
             scheduler = ASHAScheduler(time_attr="step", max_t=max(steps, grace) if steps > 0 else 10 ** 9,
                                       grace_period=grace, reduction_factor=2, stop_last_trials=False) \
                 if sweep.get("scheduler", "asha") == "asha" else None  # None: Tune's FIFO, every trial to the end
+            # The study lives in a journal file beside the sweep (one study per sweep name): only this driver's
+            # OptunaSearch writes it, optuna-dashboard and optuna.load_study read it, and a resumed sweep's
+            # restored searcher reopens the same file (Tune pickles the searcher with its storage).
+            searcher = OptunaSearch(sampler=_sampler(sweep, concurrency), study_name=sweep["name"],
+                                    storage=study_storage(sweep["optuna_storage"]))
             tuner = tune.Tuner(
                 trainable, param_space=space.to_tune(),
                 tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
-                                            search_alg=OptunaSearch(sampler=_sampler(sweep)), scheduler=scheduler,
+                                            search_alg=searcher, scheduler=scheduler,
                                             num_samples=int(sweep["trials"]), max_concurrent_trials=concurrency),
                 run_config=tune.RunConfig(name=sweep["name"], storage_path=sweep["storage"],
                                           failure_config=tune.FailureConfig(max_failures=0)),
@@ -442,14 +493,87 @@ def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, 
     return _finish(sweep, uri, grid, space, prep)
 
 
-def _sampler(sweep: dict[str, Any]):
-    """Seeded Optuna sampler: the same seed proposes the same first configs (TPE's start-up trials are random)."""
+def _sampler(sweep: dict[str, Any], concurrency: int = 1):
+    """Seeded Optuna sampler: the same seed proposes the same first configs (TPE's start-up trials are random).
+
+    With more than one trial at a time TPE runs with ``constant_liar``: trials still running count as
+    bad results, so concurrent proposals spread out instead of piling onto one region.
+    """
     import optuna
 
     seed = int(sweep["seed"])
     if sweep.get("search", "tpe") == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(sweep.get("startup_trials", 10)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(sweep.get("startup_trials", 10)),
+                                      constant_liar=concurrency > 1)
+
+
+def study_file(storage: str, name: str) -> str:
+    """Path of sweep ``name``'s Optuna journal: ``<storage>/<name>/optuna.journal`` (beside Tune's state).
+
+    A journal file needs a local or shared file system; for a URI storage (``s3://...``) it is kept
+    under ``./.orchestrator/optuna/`` on the driver's machine instead.
+    """
+    if "://" in storage:
+        return str((Path.cwd() / ".orchestrator" / "optuna" / f"{name}.journal").resolve())
+    return str(Path(storage, name, "optuna.journal"))
+
+
+def study_storage(path: str):
+    """Optuna's ``JournalStorage`` on the file ``path`` (created with its folder if missing).
+
+    Why a journal file and not SQLite: one file, no database server, append-only writes under a
+    file lock, and readable by ``optuna-dashboard PATH`` and ``optuna.load_study`` while the sweep runs.
+    """
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(path))
+
+
+def _record_study(sweep: dict[str, Any], uri: str, parent: str, finished: bool) -> None:
+    """Log the study's parameter-importance and parallel-coordinate plots (PNG) to the parent run.
+
+    ``finished``: the sweep ran all its trials, so a study trial still RUNNING was asked by a driver
+    that died before Tune saved it (Tune re-proposed it); it is marked FAIL so the study holds no
+    phantom running trial. Plots Optuna cannot draw (importances need two completed trials with
+    distinct values) are skipped with a log line saying why.
+    """
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.trial import TrialState
+
+    from orchestrator import tracking
+
+    path = sweep.get("optuna_storage")
+    if not path or not Path(path).is_file():
+        _log("no Optuna study file for this sweep: no study plots")
+        return
+    study = optuna.load_study(study_name=sweep["name"], storage=study_storage(path))
+    if finished:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            study.tell(t.number, state=TrialState.FAIL)
+    c = tracking.client(uri)
+    plots = {"optuna/param_importances.png": optuna.visualization.matplotlib.plot_param_importances,
+             "optuna/parallel_coordinate.png": optuna.visualization.matplotlib.plot_parallel_coordinate}
+    for artifact, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot(study)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            c.log_figure(parent, fig, artifact)
+            plt.close(fig)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # too few completed trials
+            _log(f"Optuna plot {artifact} skipped: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
 
 
 def _release_placement_groups() -> None:
@@ -572,6 +696,7 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
         f"**sweep {sweep['name']}**: {sweep['method']} on {sweep['config']['dataset']}, {completed} of {sweep['trials']} "
         f"trials completed ({stopped} stopped early by ASHA, {errored} errored)"), lines=(
         f"best trial {best_tid} (run {child_of.get(best_tid)}): best {metric} {best_value} with {best_config}",))
+    _record_study(sweep, uri, parent, finished=not interrupted)
     if interrupted:
         tracking.end_run(uri, parent, "KILLED")
         raise UserError(f"sweep {sweep['name']} interrupted after {completed} of {sweep['trials']} trials: continue "

@@ -135,6 +135,9 @@ def test_seeded_optuna_proposes_the_same_first_configs():
             assert 1e-4 <= cfg["inner_lr"] <= 1e-2 and 3 <= cfg["inner_steps"] <= 10
     assert type(_sampler({"seed": 0, "search": "random"})).__name__ == "RandomSampler"
     assert _sampler({"seed": 0, "search": "tpe", "startup_trials": 3})._n_startup_trials == 3
+    # Concurrent trials: TPE treats the running ones as bad results (constant liar); one at a time it need not.
+    assert _sampler({"seed": 0, "search": "tpe"}, concurrency=2)._constant_liar is True
+    assert _sampler({"seed": 0, "search": "tpe"}, concurrency=1)._constant_liar is False
 
 
 # ---------------------------------------------------------------- MLflow child lookup
@@ -201,6 +204,59 @@ def test_tiny_sweep_is_one_parent_with_two_finished_children(store, tmp_path, ca
     assert float(best.data.params["inner_lr"]) == pytest.approx(out["best_config"]["inner_lr"])
     assert "fid_domain" in best.data.metrics  # evaluated on novel classes even if ASHA stopped it
 
+    # The Optuna study is kept beside the sweep, named after it, with both trials and their proposals.
+    path = parent.data.tags["optuna_storage"]
+    assert parent.data.tags["optuna_study"] == out["sweep_name"] and path.endswith("optuna.journal")
+    study = load_study(out["sweep_name"], path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert sorted(t.params["inner_lr"] for t in study.trials) == pytest.approx(
+        sorted(float(k.data.params["inner_lr"]) for k in kids))
+    plots = {a.path: a.file_size for a in c.list_artifacts(parent.info.run_id, "optuna")}
+    assert set(plots) == {"optuna/param_importances.png", "optuna/parallel_coordinate.png"}
+    assert all(size > 5000 for size in plots.values()), plots  # a drawn PNG, not an empty figure
+    # optuna-dashboard (PyPI) opens the file: its API lists the study and both trials.
+    dashboard_study(path, out["sweep_name"], n_trials=2)
+
+
+def load_study(name: str, path: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=sweep.study_storage(path))
+
+
+def dashboard_study(path: str, name: str, n_trials: int) -> None:
+    """Start ``optuna-dashboard PATH`` on a free 127.0.0.1 port, wait for its API, check the study and trials."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, path, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, studies = time.time() + 180, None
+        while studies is None:
+            assert proc.poll() is None, f"optuna-dashboard exited with {proc.returncode}"
+            assert time.time() < deadline, "optuna-dashboard did not answer within 180 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.load(r)["study_summaries"]
+            except OSError:
+                time.sleep(0.3)  # polling the port until the server is up
+        [summary] = [st for st in studies if st["study_name"] == name]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=30) as r:
+            detail = json.load(r)
+        assert len(detail["trials"]) == n_trials and all(t["state"] == "Complete" for t in detail["trials"]), detail
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
 
 def test_interrupted_sweep_resumes_to_exactly_its_trials(store, tmp_path, capsys):
     """Ctrl-C once the first trial's child run is FINISHED; --resume completes the rest, nothing twice."""
@@ -242,6 +298,12 @@ def test_interrupted_sweep_resumes_to_exactly_its_trials(store, tmp_path, capsys
     kids = child_runs(store, parent.info.run_id)
     assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
     assert len({k.data.tags[sweep.TRIAL_TAG] for k in kids}) == 2
+    # The resumed sweep continued the same Optuna study: one trial per Tune trial, both told their result.
+    tags = c.get_run(parent.info.run_id).data.tags
+    study = load_study(name, tags["optuna_storage"])
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert {a.path for a in c.list_artifacts(parent.info.run_id, "optuna")} == {
+        "optuna/param_importances.png", "optuna/parallel_coordinate.png"}
     for tid in finished_before:  # not re-run: its losses were logged once per step
         history = c.get_metric_history(before[tid].info.run_id, "d_loss")
         assert sorted(m.step for m in history) == [1, 2, 3, 4]
