@@ -152,7 +152,7 @@ def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1
 def method_config(args) -> dict:
     from methods import get
 
-    return {**get("figr").default_config, "width": args.width, "shots": 4}
+    return {**get("figr").default_config, "width": args.width, "shots": 4, "inner_steps": args.inner_steps}
 
 
 def _load(args):
@@ -303,7 +303,7 @@ def scaling_section(args) -> dict:
     """Plain loop, N independent processes, Ray Train 1 and N workers: medians of ``repeats`` windows each."""
     n = int(args.workers)
     out: dict = {"workers": n, "device": args.device, "report_every": args.report_every,
-                 "config": {"method": "figr", "arch": "dcgan", "width": args.width, "shots": 4, "inner_steps": 10,
+                 "config": {"method": "figr", "arch": "dcgan", "width": args.width, "shots": 4, "inner_steps": args.inner_steps,
                             "tasks_per_worker": 1, "dataset": args.dataset, "warmup": args.warmup,
                             "measure": args.measure, "repeats": args.repeats}}
     if args.device == "cuda" and torch.cuda.device_count() < n:
@@ -315,7 +315,7 @@ def scaling_section(args) -> dict:
         n_runs = True
     ds, classes = _load(args)
     med = statistics.median
-    say(f"scaling: FIGR dcgan width {args.width}, 32x32, n=4, K=10, 1 task per worker per step, "
+    say(f"scaling: FIGR dcgan width {args.width}, 32x32, n=4, K={args.inner_steps}, 1 task per worker per step, "
         f"{args.warmup} warm-up + {args.repeats} x {args.measure} measured steps, device {args.device}")
     plain = plain_windows(ds, classes, method_config(args), "cuda:0" if args.device == "cuda" else "cpu",
                           args.warmup, args.measure, args.repeats)
@@ -331,8 +331,8 @@ def scaling_section(args) -> dict:
 
     # The production start of a local Ray: its workers at nice 0 like the plain processes (Ray's default of 15
     # starves them on a busy machine), the dashboard Ray Train polls, a retry of Ray's 30 s start-up deadline.
-    ensure_ray(None)
     try:
+        ensure_ray(None)
         for w in ([1, n] if n_runs and n > 1 else [1]):
             r = ray_train(ds, classes, args, w)
             r["tasks_per_s"] = med(r["windows"])
