@@ -75,7 +75,9 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="run the evaluation protocol on a train run's novel classes")
     e.add_argument("run_id")
-    e.add_argument("--eval-seed", type=int, help="seed of the shots permutation and sampling")
+    e.add_argument("--eval-seed", "--eval-seeds", dest="eval_seed", type=int, nargs="+", metavar="SEED",
+                   help="seed(s) of the shots permutation and sampling; several (e.g. 0 1 2) record each seed's "
+                        "metrics and the mean and 95%% interval over seeds and classes")
     e.add_argument("--n-generate", type=int, help="images generated per novel class (default 128)")
     e.add_argument("--inception-weights")
     _common(e)

@@ -308,26 +308,57 @@ def _end_quietly(uri: str, run_id: str, status: str) -> bool:
 
 
 def evaluate_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_id: str, seed: int,
-                        n_generate: int) -> dict[str, float]:
-    """The novel-class protocol on ``saved["state"]``, logged at the checkpoint's step into ``run_id``."""
+                        n_generate: int, metric_suffix: str = "") -> dict[str, float]:
+    """The novel-class protocol on ``saved["state"]``, logged at the checkpoint's step into ``run_id``.
+
+    ``metric_suffix`` (e.g. ``_seed1``): appended to every metric name logged, and the figure and
+    ``per_class_<figure>.json`` are named after the seed (``evaluate_seeds_and_record``: one run, several seeds).
+    """
     t0 = time.perf_counter()
     result = prep.kind.evaluate(prep.method, prep.cfg, prep.ds, prep.split, saved["state"], prep.aids.final,
                                 seed=seed, n_generate=n_generate)
     seconds = time.perf_counter() - t0
-    record_evaluation(uri, run_id, result, int(saved["step"]), prep.kind.figure if seed == int(prep.cfg["eval_seed"])
-                      else f"{Path(prep.kind.figure).stem}_seed{seed}.png")
-    tracking.log_metrics(uri, run_id, {"test_eval_seconds": seconds}, int(saved["step"]))
+    own = seed == int(prep.cfg["eval_seed"]) and not metric_suffix
+    record_evaluation(uri, run_id, result, int(saved["step"]), prep.kind.figure if own
+                      else f"{Path(prep.kind.figure).stem}_seed{seed}.png", metric_suffix=metric_suffix)
+    tracking.log_metrics(uri, run_id, {f"test_eval_seconds{metric_suffix}": seconds}, int(saved["step"]))
     tracking.set_tags(uri, run_id, {"threads_eval": str(torch.get_num_threads())})
     log_data_input(uri, run_id, prep, "evaluation")
     tracking.describe_run(uri, run_id)
     return {k: float(v) for k, v in result.metrics.items()}
 
 
-def record_evaluation(uri: str, run_id: str, result, step: int, name: str) -> None:
-    """An ``EvalResult``'s metrics at ``step`` and its figures under ``samples/``."""
+def evaluate_seeds_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_id: str, seeds: list[int],
+                              n_generate: int) -> dict[str, Any]:
+    """The novel-class protocol under each evaluation seed of ``seeds``, into one run ``run_id``.
+
+    Each seed's metrics are logged as ``<metric>_seed<s>`` with ``per_class_<figure>_seed<s>.json``; then, for
+    every protocol metric, the mean and 95% interval over the seeds (outer level) and novel classes (inner) as
+    ``<metric>_mean``, ``<metric>_ci_low``, ``<metric>_ci_high`` (``stats.summarize_seeds``, the computation of
+    ``train --replicates``), read back from the recorded per-class files. Returns all of these in one dict.
+    """
+    from orchestrator.evaluation.stats import summarize_seeds
+
+    out: dict[str, Any] = {}
+    evaluations = []
+    for seed in seeds:
+        metrics = evaluate_and_record(prep, saved, uri=uri, run_id=run_id, seed=seed, n_generate=n_generate,
+                                      metric_suffix=f"_seed{seed}")
+        out.update({f"{k}_seed{seed}": v for k, v in metrics.items()})
+        evaluations.append(tracking.load_json_artifact(
+            uri, run_id, f"per_class_{Path(prep.kind.figure).stem}_seed{seed}.json"))
+    summary = summarize_seeds(evaluations)
+    tracking.log_metrics(uri, run_id, {k: v for k, v in summary.items() if v == v}, int(saved["step"]))  # v == v: not NaN
+    tracking.log_dict(uri, run_id, {"eval_seeds": list(seeds), "summary": summary}, "eval_seeds.json")
+    return {**out, **summary}
+
+
+def record_evaluation(uri: str, run_id: str, result, step: int, name: str, metric_suffix: str = "") -> None:
+    """An ``EvalResult``'s metrics (names + ``metric_suffix``) at ``step`` and its figures under ``samples/``."""
     from orchestrator.evaluation import save_result_images
 
-    tracking.log_metrics(uri, run_id, {k: v for k, v in result.metrics.items() if v is not None}, step)
+    tracking.log_metrics(uri, run_id, {f"{k}{metric_suffix}": v for k, v in result.metrics.items() if v is not None},
+                         step)
     # One value per evaluated class (where the metric has them): what replicates bootstrap over.
     tracking.log_dict(uri, run_id, {"step": step, "classes": [int(c) for c in getattr(result, "classes", [])],
                                     "per_class": getattr(result, "per_class", {}),

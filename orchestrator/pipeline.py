@@ -75,27 +75,45 @@ def _resume(run_id: str, overrides: dict[str, Any], sets: list[str], *, scale: S
             ray.shutdown()
 
 
-def run_evaluate(run_id: str, *, uri: str, seed: int | None, n_generate: int | None,
+def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_generate: int | None,
                  inception_weights: str | None) -> dict[str, Any]:
-    """Re-run the protocol on a finished train run's novel classes; recorded as a child run of it."""
+    """Re-run the protocol on a finished train run's novel classes; recorded as a child run of it.
+
+    ``seed``: one evaluation seed (default: the run's ``eval_seed``), or a list of several: then the child run
+    holds each seed's metrics (``<metric>_seed<s>``) and the mean and 95% interval over seeds and classes
+    (``<metric>_mean/_ci_low/_ci_high``; ``lifecycle.evaluate_seeds_and_record``).
+    """
+    seeds = None if seed is None else ([int(seed)] if isinstance(seed, int) else [int(s) for s in seed])
+    if seeds is not None and (len(set(seeds)) != len(seeds) or min(seeds) < 0):
+        raise UserError(f"--eval-seed {' '.join(map(str, seeds))}: pass distinct seeds >= 0")
     method, cfg, split_dict, state = load_run(uri, run_id)
-    seed = int(cfg["eval_seed"]) if seed is None else seed
+    seeds = [int(cfg["eval_seed"])] if seeds is None else seeds
     n_generate = int(cfg["n_generate"]) if n_generate is None else n_generate
     if n_generate < 2:
         raise UserError(f"--n-generate {n_generate}: FID needs at least 2 images per class")
     prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights)
     parent = tracking.get_run(uri, run_id)
     experiment = tracking.client(uri).get_experiment(parent.info.experiment_id).name
-    child = lifecycle.open_run(uri, experiment, f"evaluate-seed{seed}", lifecycle.Prepared(
-        method, {**cfg, "eval_seed": seed, "n_generate": n_generate}, prep.ds, prep.split, prep.kind, prep.aids),
-        {"evaluates": run_id}, parent_run_id=run_id)
+    several = len(seeds) > 1
+    child = lifecycle.open_run(uri, experiment, f"evaluate-seed{'s' if several else ''}{'-'.join(map(str, seeds))}",
+                               lifecycle.Prepared(method, {**cfg, "eval_seed": seeds[0], "n_generate": n_generate},
+                                                  prep.ds, prep.split, prep.kind, prep.aids),
+                               {"evaluates": run_id, **({"eval_seed": ",".join(map(str, seeds))} if several else {})},
+                               parent_run_id=run_id)
     try:
-        metrics = lifecycle.evaluate_and_record(prep, state, uri=uri, run_id=child, seed=seed, n_generate=n_generate)
+        if several:
+            metrics = lifecycle.evaluate_seeds_and_record(prep, state, uri=uri, run_id=child, seeds=seeds,
+                                                          n_generate=n_generate)
+        else:
+            metrics = lifecycle.evaluate_and_record(prep, state, uri=uri, run_id=child, seed=seeds[0],
+                                                    n_generate=n_generate)
         tracking.end_run(uri, child)
     except BaseException:
         lifecycle._end_quietly(uri, child, "FAILED")
         raise
-    return {"run_id": child, "evaluated_run_id": run_id, "eval_seed": seed, **metrics}
+    if several:
+        return {"run_id": child, "evaluated_run_id": run_id, "eval_seeds": seeds, **metrics}
+    return {"run_id": child, "evaluated_run_id": run_id, "eval_seed": seeds[0], **metrics}
 
 
 def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path, seed: int,
