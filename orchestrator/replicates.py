@@ -36,9 +36,6 @@ def run_replicates(method: str, overrides: dict[str, Any], sets: list[str], *, n
                    uri: str, experiment: str, address: str | None, inception_weights: str | None) -> dict[str, Any]:
     """Train ``n`` seeds of one config as concurrent Tune trials under one MLflow parent run; see the module doc."""
     import ray
-    from ray import tune
-
-    from orchestrator import sweep as sweep_mod
 
     if n < 2:
         raise UserError(f"--replicates {n}: pass 2 or more (1 is a plain train)")
@@ -48,53 +45,73 @@ def run_replicates(method: str, overrides: dict[str, Any], sets: list[str], *, n
     started = lifecycle.ensure_ray(address)
     try:
         lifecycle.check_cluster_fits(scale)
-        name = f"replicates-{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        storage = default_storage()
-        seeds = [int(cfg["seed"]) + i for i in range(n)]
-        parent = lifecycle.open_run(uri, experiment, name, prep, {
-            "sweep_name": name, "sweep_role": "parent", "replicate_role": "parent", "replicates": str(n),
-            "seeds": ",".join(map(str, seeds))})
-        metric = cfg["select_metric"] if cfg["select_metric"] != "last" else "meta_steps"
-        sweep = {"name": name, "method": method, "config": cfg, "split": prep.split.to_dict(),
-                 "experiment": experiment, "storage": storage, "workers_per_trial": scale.workers,
-                 "cpus_per_worker": scale.cpus_per_worker, "gpus_per_worker": scale.gpus_per_worker,
-                 "max_failures": scale.max_failures, "space": {"metric": metric}, "parent_run_id": parent}
-        res = ray.cluster_resources()
-        concurrency = max(1, min(n, int(res.get("CPU", 1) // (scale.workers * scale.cpus_per_worker))))
-        log(f"{n} replicates of {method} (seeds {seeds}), {concurrency} at a time; MLflow parent run {parent}")
-        try:
-            tuner = tune.Tuner(sweep_mod._trainable(sweep, uri, prep), param_space={"seed": tune.grid_search(seeds)},
-                               tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-                               run_config=tune.RunConfig(name=name, storage_path=storage,
-                                                         failure_config=tune.FailureConfig(max_failures=0)))
-            grid = tuner.fit()
-            errors = [r.error for r in grid if r.error is not None]
-            exp_id = tracking.experiment_id(uri, experiment)
-            kids = sweep_mod.children(uri, parent, exp_id)
-            finished = [k for k in kids if k.info.status == "FINISHED"]
-            if errors or len(finished) != n:
-                raise UserError(f"replicates {name}: {len(finished)} of {n} seeds finished "
-                                f"({str(errors[0]).splitlines()[0][:200] if errors else 'see the child runs'}); "
-                                f"the parent run {parent} is FAILED")
-            figure = prep.kind.figure.rsplit(".", 1)[0]
-            per_seed = sorted(((int(k.data.params["seed"]), tracking.load_json_artifact(uri, k.info.run_id,
-                                                                                         f"per_class_{figure}.json"))
-                               for k in finished), key=lambda x: x[0])
-            summary = aggregate([d for _, d in per_seed])
-            tracking.log_metrics(uri, parent, {k: v for k, v in summary.items() if math.isfinite(v)})
-            tracking.log_dict(uri, parent, {"seeds": [s for s, _ in per_seed], "children": [k.info.run_id for k in finished],
-                                            "summary": summary}, "replicates.json")
-            shown = [m + c for m in tracking.NOTE_HEADLINES for c in ("", *tracking.NOTE_CONTROLS) if f"{m}{c}_mean" in summary]
-            tracking.describe_run(uri, parent, lines=(
-                f"{n} replicates (seeds {', '.join(map(str, seeds))}); mean and 95% interval over seeds and classes:\n"
-                + "\n".join(f"- {m} {summary[m + '_mean']:.4g} [{summary[m + '_ci_low']:.4g}, {summary[m + '_ci_high']:.4g}]"
-                             for m in shown),))
-            tracking.end_run(uri, parent, "FINISHED")
-        except BaseException:
-            lifecycle._end_quietly(uri, parent, "FAILED")
-            raise
+        return replicate(prep, seeds=[int(cfg["seed"]) + i for i in range(n)], scale=scale, uri=uri,
+                         experiment=experiment)
     finally:
         if started:
             ray.shutdown()
-    return {"run_id": parent, "method": method, "dataset": cfg["dataset"], "replicates": n, "seeds": seeds,
+
+
+def replicate(prep: lifecycle.Prepared, *, seeds: list[int], scale: lifecycle.Scale, uri: str, experiment: str,
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train ``prep.cfg`` once per seed of ``seeds`` as a Ray Tune grid and record the replicate parent run.
+
+    Ray must be running (the caller started or joined it). Each seed is a trial of ``sweep.trial_trainable`` (the sweep's
+    trial function: the run lifecycle in a child run, with the per-trial resources of ``scale``); the replicate
+    parent (tags ``replicate_role=parent``, ``seeds``; nested under ``parent_run_id`` when given, e.g. a sweep's
+    parent) then holds ``<metric>_mean/_ci_low/_ci_high`` for every protocol metric (:func:`aggregate`) and
+    ``replicates.json``. Returns the JSON line's dict: ``run_id`` (the replicate parent), ``seeds``,
+    ``child_run_ids`` and the summary. Raises ``UserError`` when a seed did not finish (the parent is FAILED).
+    """
+    import ray
+    from ray import tune
+
+    from orchestrator import sweep as sweep_mod
+
+    method, cfg, n = prep.method, prep.cfg, len(seeds)
+    name = f"replicates-{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    storage = default_storage()
+    parent = lifecycle.open_run(uri, experiment, name, prep, {
+        "sweep_name": name, "sweep_role": "parent", "replicate_role": "parent", "replicates": str(n),
+        "seeds": ",".join(map(str, seeds)), **(tags or {})}, parent_run_id=parent_run_id)
+    metric = cfg["select_metric"] if cfg["select_metric"] != "last" else "meta_steps"
+    sweep = {"name": name, "method": method, "config": cfg, "split": prep.split.to_dict(),
+             "experiment": experiment, "storage": storage, "workers_per_trial": scale.workers,
+             "cpus_per_worker": scale.cpus_per_worker, "gpus_per_worker": scale.gpus_per_worker,
+             "max_failures": scale.max_failures, "space": {"metric": metric}, "parent_run_id": parent}
+    res = ray.cluster_resources()
+    concurrency = max(1, min(n, int(res.get("CPU", 1) // (scale.workers * scale.cpus_per_worker))))
+    log(f"{n} replicates of {method} (seeds {seeds}), {concurrency} at a time; MLflow parent run {parent}")
+    try:
+        tuner = tune.Tuner(sweep_mod.trial_trainable(sweep, uri, prep), param_space={"seed": tune.grid_search(seeds)},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+                           run_config=tune.RunConfig(name=name, storage_path=storage,
+                                                     failure_config=tune.FailureConfig(max_failures=0)))
+        grid = tuner.fit()
+        errors = [r.error for r in grid if r.error is not None]
+        exp_id = tracking.experiment_id(uri, experiment)
+        kids = sweep_mod.children(uri, parent, exp_id)
+        finished = [k for k in kids if k.info.status == "FINISHED"]
+        if errors or len(finished) != n:
+            raise UserError(f"replicates {name}: {len(finished)} of {n} seeds finished "
+                            f"({str(errors[0]).splitlines()[0][:200] if errors else 'see the child runs'}); "
+                            f"the parent run {parent} is FAILED")
+        figure = prep.kind.figure.rsplit(".", 1)[0]
+        per_seed = sorted(((int(k.data.params["seed"]), tracking.load_json_artifact(uri, k.info.run_id,
+                                                                                     f"per_class_{figure}.json"))
+                           for k in finished), key=lambda x: x[0])
+        summary = aggregate([d for _, d in per_seed])
+        tracking.log_metrics(uri, parent, {k: v for k, v in summary.items() if math.isfinite(v)})
+        tracking.log_dict(uri, parent, {"seeds": [s for s, _ in per_seed], "children": [k.info.run_id for k in finished],
+                                        "summary": summary}, "replicates.json")
+        shown = [m + c for m in tracking.NOTE_HEADLINES for c in ("", *tracking.NOTE_CONTROLS) if f"{m}{c}_mean" in summary]
+        tracking.describe_run(uri, parent, lines=(
+            f"{n} replicates (seeds {', '.join(map(str, seeds))}); mean and 95% interval over seeds and classes:\n"
+            + "\n".join(f"- {m} {summary[m + '_mean']:.4g} [{summary[m + '_ci_low']:.4g}, {summary[m + '_ci_high']:.4g}]"
+                         for m in shown),))
+        tracking.end_run(uri, parent, "FINISHED")
+    except BaseException:
+        lifecycle._end_quietly(uri, parent, "FAILED")
+        raise
+    return {"run_id": parent, "method": method, "dataset": cfg["dataset"], "replicates": n, "seeds": list(seeds),
             "child_run_ids": [k.info.run_id for k in finished], **summary}

@@ -91,6 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=None, help="MLflow experiment name")
     p.add_argument("--max-failures", type=int, default=1, help="worker failures each trial survives")
     p.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep (its name is printed at start)")
+    p.add_argument("--replicates", type=int, default=1,
+                   help="after the search, re-train the best configuration with N fresh seeds as Tune trials under "
+                        "the sweep's parent run (a replicate parent with each metric's mean and 95%% interval)")
 
 
 def trial_run_name(method: str, trial_id: str, config: dict[str, Any]) -> str:
@@ -152,8 +155,10 @@ def find_parent(uri: str, name: str):
 
 
 def children(uri: str, parent_run: str, experiment_id: str) -> list:
-    return _client(uri).search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run}'",
+    """The parent's child runs, without replicate parents (``sweep --replicates``: not trials of the sweep)."""
+    runs = _client(uri).search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run}'",
                                     max_results=10000)
+    return [r for r in runs if r.data.tags.get("replicate_role") != "parent"]
 
 
 def find_child(uri: str, parent_run: str, experiment_id: str, trial_id: str):
@@ -290,6 +295,9 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     _validate_scale(trials, args.concurrency, args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
     if args.startup_trials is not None and args.startup_trials < 1:
         raise UserError(f"--startup-trials {args.startup_trials}: need at least 1 random start-up trial")
+    if args.replicates < 1:
+        raise UserError(f"--replicates {args.replicates}: pass 2 or more seeds to re-train the best configuration "
+                        f"with (or leave --replicates out)")
     space_path = Path(args.space) if args.space else search_space.default_path(args.method)
     space = search_space.load(space_path, cls.default_config)
     for item in args.set:
@@ -315,7 +323,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         "trials": trials, "concurrency": args.concurrency, "workers_per_trial": args.workers_per_trial,
         "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker, "seed": args.seed,
         "max_failures": args.max_failures, "experiment": args.experiment or tracking.DEFAULT_EXPERIMENT,
-        "search": args.search, "scheduler": args.scheduler,
+        "search": args.search, "scheduler": args.scheduler, "replicates": args.replicates,
         "startup_trials": args.startup_trials if args.startup_trials is not None else max(2, trials // 3),
         "storage": storage, "tune_path": _join(storage, name), "optuna_storage": study_file(storage, name),
     }
@@ -368,7 +376,8 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
                                          ("--concurrency", args.concurrency), ("--set", args.set),
                                          ("--startup-trials", args.startup_trials),
                                          ("--search", args.search != "tpe"),
-                                         ("--scheduler", args.scheduler != "asha")) if value]
+                                         ("--scheduler", args.scheduler != "asha"),
+                                         ("--replicates", args.replicates != 1)) if value]
     if changed:
         raise UserError(f"--resume {args.resume} continues the sweep exactly as it was started (its sweep.json); "
                         f"drop {', '.join(changed)}")
@@ -415,7 +424,10 @@ def _auto_concurrency(sweep: dict[str, Any]) -> int:
     return max(1, min(fits, sweep["trials"]))
 
 
-def _trainable(sweep: dict[str, Any], uri: str, prep):
+def trial_trainable(sweep: dict[str, Any], uri: str, prep):
+    """The Tune trainable of a sweep trial (``_trial`` with its context and data), with its resources; also what
+    ``orchestrator.replicates`` runs one seed with. ``sweep``: the sweep dict (``parent_run_id``, ``config``,
+    ``split``, ``name``, ``experiment``, ``storage``, per-trial resources, ``space.metric``)."""
     from ray import tune
 
     from orchestrator import tracking
@@ -450,7 +462,7 @@ def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, 
 
     space = search_space.parse(sweep["space"], sweep["space_file"], _method_defaults(sweep["method"]))
     cfg = sweep["config"]
-    trainable = _trainable(sweep, uri, prep)
+    trainable = trial_trainable(sweep, uri, prep)
     parent = sweep["parent_run_id"]
     try:
         if restore:
@@ -490,7 +502,32 @@ def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, 
         tracking.end_run(uri, parent, "FAILED")
         raise
     _release_placement_groups()
-    return _finish(sweep, uri, grid, space, prep)
+    summary = _finish(sweep, uri, grid, space, prep)
+    if int(sweep.get("replicates", 1)) > 1:
+        summary["replicates"] = _replicate_best(sweep, uri, prep, summary)
+    return summary
+
+
+def _replicate_best(sweep: dict[str, Any], uri: str, prep, summary: dict[str, Any]) -> dict[str, Any]:
+    """``sweep --replicates N``: the best configuration re-trained with N fresh seeds (the sweep's seed + 1 ... + N:
+    not the seed the search selected on) through ``replicates.replicate``, nested under the sweep's parent run."""
+    from orchestrator import lifecycle
+    from orchestrator.replicates import replicate
+
+    if summary.get("best_config") is None:
+        raise UserError(f"sweep {sweep['name']}: no trial has a {summary['metric']} value ({summary['trials_errored']} "
+                        f"of {summary['trials_planned']} trials errored), so there is no best configuration to replicate; "
+                        f"see the trials' errors above, or give the trials a budget that reaches eval_every (--steps)")
+    cfg = {**sweep["config"], **summary["best_config"]}
+    n, base = int(sweep["replicates"]), int(cfg["seed"])
+    best = lifecycle.Prepared(sweep["method"], cfg, prep.ds, prep.split, prep.kind, prep.aids)
+    scale = lifecycle.Scale(sweep["workers_per_trial"], sweep["cpus_per_worker"], sweep["gpus_per_worker"],
+                            sweep["max_failures"])
+    _log(f"sweep {sweep['name']}: replicating the best configuration with {n} seeds")
+    out = replicate(best, seeds=[base + 1 + i for i in range(n)], scale=scale, uri=uri,
+                    experiment=sweep["experiment"], parent_run_id=sweep["parent_run_id"],
+                    tags={"replicates_of": str(summary["best_run_id"])})
+    return out
 
 
 def _sampler(sweep: dict[str, Any], concurrency: int = 1):
