@@ -121,5 +121,5 @@ def test_sweep_replicates_the_best_configuration_under_its_parent(tmp_path, ray_
     # the sweep's own trials are still exactly its trials; compare's row of the sweep is the replicate parent
     exp = parent.info.experiment_id
     assert [r.info.run_id for r in sweep.children(uri, out["parent_run_id"], exp)] == [out["best_run_id"]]
-    row = next(line for line in printed.splitlines() if line.startswith("figr "))
+    row = next(line for line in printed.splitlines() if line.startswith("figr[arch="))  # figr's variant key
     assert reps["run_id"] in row and " [" in row
