@@ -51,7 +51,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     import ray.train.torch
 
     from orchestrator.data import Split, TaskSampler
-    from orchestrator.distributed import any_true, broadcast_object, broadcast_params, gather_objects, grad_sync, world
+    from orchestrator.distributed import any_flags, any_true, broadcast_object, broadcast_params, gather_objects, grad_sync, world
 
     os.environ[WORKER_ENV] = "1"
     cfg = loop["config"]
@@ -98,14 +98,16 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         kind.after_step(method)
         step += 1
         train_s += time.perf_counter() - t0
-        if any_true(not all(math.isfinite(v) for v in losses.values()), device):
+        # one control all-reduce per step for both questions (the gradients' own is inside meta_train_step)
+        diverged, stop = any_flags([not all(math.isfinite(v) for v in losses.values()),
+                                    _budget_reached(step, train_s, steps, budget_s)], device)
+        if diverged:
             # Deterministic: a restart from the last checkpoint would diverge again, so no retry (FailureConfig
             # retries only what the machinery lost); the driver turns this report into one line.
             bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)) or "on another worker"
             ray.train.report({"step": step, FATAL: f"training diverged at step {step} ({bad}): lower the learning "
                                                     f"rates (--set) or resume from an earlier run"})
             return
-        stop = any_true(_budget_reached(step, train_s, steps, budget_s), device)
         window_steps += 1
         for k, v in losses.items():
             window.setdefault(k, []).append(v)
