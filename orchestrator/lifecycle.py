@@ -76,8 +76,9 @@ def finish_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("eval_every", "log_every", "tasks_per_worker"):
         if int(cfg[key]) < 1:
             raise UserError(f"--set {key}={cfg[key]}: must be at least 1")
-    if cfg.get("data_root"):
-        cfg = {**cfg, "data_root": str(Path(str(cfg["data_root"])).expanduser().resolve())}
+    for key in ("data_root", "lpips_weights"):
+        if cfg.get(key):
+            cfg = {**cfg, key: str(Path(str(cfg[key])).expanduser().resolve())}
     return cfg
 
 

@@ -729,11 +729,11 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
     if best_tid is not None:
         _evaluate_if_stopped(sweep, uri, child_of[best_tid], prep)
         _record_best(uri, parent, summary)
+    _record_study(sweep, uri, parent, finished=not interrupted)
     tracking.describe_run(uri, parent, title=(
         f"**sweep {sweep['name']}**: {sweep['method']} on {sweep['config']['dataset']}, {completed} of {sweep['trials']} "
         f"trials completed ({stopped} stopped early by ASHA, {errored} errored)"), lines=(
         f"best trial {best_tid} (run {child_of.get(best_tid)}): best {metric} {best_value} with {best_config}",))
-    _record_study(sweep, uri, parent, finished=not interrupted)
     if interrupted:
         tracking.end_run(uri, parent, "KILLED")
         raise UserError(f"sweep {sweep['name']} interrupted after {completed} of {sweep['trials']} trials: continue "
