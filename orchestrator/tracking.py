@@ -115,7 +115,7 @@ def versions() -> dict[str, str]:
 def start_run(uri: str, experiment: str, name: str, config: dict[str, Any], tags: dict[str, str],
               parent_run_id: str | None = None) -> str:
     """Create a run holding the resolved config as params and the code version as tags."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     c = client(uri)
     all_tags = {"git_commit": git_commit(), "mlflow.source.git.commit": git_commit(), **tags}
