@@ -19,6 +19,7 @@ the settings; a restart with different settings into the same folder is refused.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -68,8 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # The store's format lives in orchestrator.store (a lower layer the classifiers read too).
-from orchestrator.store import (MANIFEST, decode_png, done_ids, encode_png, read_manifest,  # noqa: E402
-                                shard_path, write_shard)
+from orchestrator.store import (MANIFEST, SCHEMA, decode_png, done_ids, encode_png, read_manifest,  # noqa: E402,F401
+                                read_store, shard_path, write_shard)
 
 
 # ----------------------------------------------------------------------------- the actors -----
