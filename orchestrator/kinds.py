@@ -10,6 +10,7 @@ the ``Kind`` methods below, so neither branches on the kind (ours).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,9 +239,18 @@ def lpips_for(cfg: dict[str, Any]):
     Raises UserError on a file that is missing or not a torchvision AlexNet/VGG16/SqueezeNet1.1 state dict."""
     if not cfg.get("lpips_weights"):
         return None
+    path = Path(cfg["lpips_weights"])
+    stat = path.stat() if path.is_file() else None
+    return _lpips_scorer(str(path), stat.st_mtime_ns if stat else None, stat.st_size if stat else None)
+
+
+@functools.lru_cache(maxsize=2)
+def _lpips_scorer(path: str, mtime_ns: int | None, size: int | None):
+    """One scorer per weights file and version of it: the up-front check and the evaluation in one process
+    share it instead of reading the backbone twice (a changed file is read again)."""
     from orchestrator.evaluation.lpips_diversity import LpipsDiversity
 
-    return LpipsDiversity(cfg["lpips_weights"])
+    return LpipsDiversity(path)
 
 
 def features_for(ds, split, inception_weights: str | None, domain_only: bool = False):

@@ -246,12 +246,15 @@ def log_data_input(uri: str, run_id: str, prep: Prepared, context: str) -> None:
 
 
 def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storage: str, scale: Scale,
-                     callbacks: list | None = None, after: int = 0, on_failure: str = "FAILED") -> dict[str, Any]:
+                     callbacks: list | None = None, after: int = 0, on_failure: str = "FAILED",
+                     resume_hint: str | None = None) -> dict[str, Any]:
     """Fit under Ray Train with the ``Recorder``, select on validation, evaluate on novel classes, record, end.
 
     The run ends FINISHED, or ``on_failure`` when anything raises (the error propagates; a resumed FINISHED
     run keeps FINISHED and its earlier record). A deterministic failure a worker reported (divergence, bad
-    data found late) is a ``UserError`` naming it, raised without any retry. Returns the JSON line's dict.
+    data found late) is a ``UserError`` naming it, raised without any retry. When the tracking store fails, the
+    ``UserError`` names the store and the command that finishes the run once it is back: ``resume_hint`` (a sweep
+    trial passes its ``sweep METHOD --resume NAME``), else ``train --resume RUN_ID``. Returns the JSON line's dict.
     """
     from orchestrator.loop import best_checkpoint, fit
     from orchestrator.settings import FATAL
@@ -289,8 +292,9 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         why = store_failure(err, uri, run_id) if isinstance(err, Exception) else None
         if why:  # the store, not the run, failed: one line, and the resume that finishes the run once it is back
             raise UserError(f"{why}; run {run_id} is {on_failure if closed else 'left RUNNING'}: once that is fixed, "
-                            f"finish it with python -m orchestrator train --resume {run_id} "
-                            f"--tracking-uri {uri}") from None
+                            f"finish it with "
+                            f"{resume_hint or f'python -m orchestrator train --resume {run_id} --tracking-uri {uri}'}"
+                            ) from None
         raise
     budget = {k: float(v) for k, v in (result.metrics or {}).items()
               if k in ("meta_steps", "tasks_seen", "images_seen", "train_seconds", "eval_seconds")}

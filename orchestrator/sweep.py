@@ -217,8 +217,12 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, data=None)
             parent_run_id=parent)
         print(f"trial {trial_id}: MLflow child run {run_id}", flush=True)
     scale = lifecycle.Scale(ctx["workers"], ctx["cpus_per_worker"], ctx["gpus_per_worker"], ctx["max_failures"])
+    # A sweep's trial is finished by resuming the sweep (its driver re-runs the trial into this child run); a
+    # replicate seed (no sweep resume) by resuming its own run.
+    hint = (f"python -m orchestrator sweep {method} --resume {ctx['sweep_name']} --tracking-uri {uri}"
+            if ctx.get("resumable_sweep") else None)
     lifecycle.train_and_record(prep, uri=uri, run_id=run_id, name=train_name, storage=storage, scale=scale,
-                               callbacks=[TuneReportCallback()], after=after)
+                               callbacks=[TuneReportCallback()], after=after, resume_hint=hint)
     tracking.set_tags(uri, run_id, {"stopped_early": "false"})
 
 
@@ -439,7 +443,7 @@ def trial_trainable(sweep: dict[str, Any], uri: str, prep):
         "trial_storage": _join(sweep["storage"], "sweep_trials", sweep["name"]),
         "workers": sweep["workers_per_trial"], "cpus_per_worker": sweep["cpus_per_worker"],
         "gpus_per_worker": sweep["gpus_per_worker"], "max_failures": sweep["max_failures"],
-        "metric": sweep["space"]["metric"],
+        "metric": sweep["space"]["metric"], "resumable_sweep": "tune_path" in sweep,  # replicates have no Tune state to resume
     }
     import ray
 

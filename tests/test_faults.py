@@ -227,6 +227,25 @@ class MlflowServer:
         self.proc = None
 
 
+def break_store_mid_run(env, uri: str, experiment: str, steps: int, breaker, **environ: str):
+    """Start a FIGR ``train`` into ``uri``, call ``breaker(run)`` once its first checkpoint is recorded, wait
+    for the command to end, and check it ended as a store failure must: exit 2 with exactly one error line.
+    Returns (the run as first seen, the whole stderr, that one line)."""
+    proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", experiment, *FIGR,
+                              "--set", "eval_every=2", "--steps", str(steps)], **environ)
+    try:
+        run = wait_for(lambda: run_at_step(uri, experiment, 2), 1800, "the first recorded checkpoint", proc, err)
+        breaker(run)
+        proc.wait(timeout=2400)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    stderr = err.read_text()
+    lines = error_lines(stderr)
+    assert proc.returncode == 2 and len(lines) == 1, stderr[-3000:]
+    return run, stderr, lines[0:1]
+
+
 @pytest.fixture
 def server(tmp_path):
     s = MlflowServer(tmp_path)
@@ -272,18 +291,7 @@ def test_tracking_server_down_past_the_bound_fails_with_one_line_and_the_resume_
     steps, exp = 12, "server-down"
     bound = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    proc, _, err = env.start(["train", "figr", "--tracking-uri", server.uri, "--experiment", exp, *FIGR,
-                              "--set", "eval_every=2", "--steps", str(steps)], **bound)
-    try:
-        run = wait_for(lambda: run_at_step(server.uri, exp, 2), 1800, "the first recorded checkpoint", proc, err)
-        server.stop()
-        proc.wait(timeout=2400)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    stderr = err.read_text()
-    lines = error_lines(stderr)
-    assert proc.returncode == 2 and len(lines) == 1, stderr[-3000:]
+    run, stderr, lines = break_store_mid_run(env, server.uri, exp, steps, lambda run: server.stop(), **bound)
     run_id = run.info.run_id
     assert server.uri in lines[0] and f"train --resume {run_id}" in lines[0], lines[0]
     assert stderr.rstrip().splitlines()[-1] == lines[0]  # the last thing the command says
@@ -310,21 +318,15 @@ def test_unwritable_artifact_location_fails_with_one_line_and_a_consistent_recor
     the steps it recorded are 1..k, each once."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     steps, exp = 12, "unwritable"
-    proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", exp, *FIGR,
-                              "--set", "eval_every=2", "--steps", str(steps)])
-    try:
-        run = wait_for(lambda: run_at_step(uri, exp, 2), 1800, "the first recorded checkpoint", proc, err)
+
+    def replace_artifacts_by_a_file(run) -> None:
         artifacts = tmp_path / "mlartifacts" / run.info.run_id / "artifacts"
         assert artifacts.is_dir(), run.info.artifact_uri
         artifacts.rename(artifacts.with_name("artifacts.moved"))
         artifacts.write_text("not a folder")
-        proc.wait(timeout=2400)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    stderr = err.read_text()
-    lines = error_lines(stderr)
-    assert proc.returncode == 2 and len(lines) == 1, stderr[-3000:]
+
+    run, _, lines = break_store_mid_run(env, uri, exp, steps, replace_artifacts_by_a_file)
+    artifacts = tmp_path / "mlartifacts" / run.info.run_id / "artifacts"
     assert str(artifacts) in lines[0] and f"train --resume {run.info.run_id}" in lines[0], lines[0]
     run = tracking.get_run(uri, run.info.run_id)
     assert run.info.status == "FAILED"

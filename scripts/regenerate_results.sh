@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Re-runs every comparison of docs/results.md: 3 training seeds per row (`--replicates 3`, Ray Tune trials
+# under one MLflow parent run), equal meta-steps within each table, then `compare` with intervals and
+# paired differences. Run it from a folder beside the repository's (it uses ../shared/datasets and writes
+# mlflow.db, .orchestrator/ and results/ into the current folder):
+#
+#   mkdir -p ../results-run && cd ../results-run && bash ../main/scripts/regenerate_results.sh
+#
+# Step budgets (override with the environment): GEN_STEPS for the five generators and MT-GAN's SS control,
+# MFH_STEPS for MFH and its ablations, CLS_STEPS for the classifiers. Each command's wall time goes to
+# results/times.tsv; each compare's output to results/<table>.txt.
+set -euo pipefail
+DATA=${DATA:-../shared/datasets}
+GEN_STEPS=${GEN_STEPS:-300}
+MFH_STEPS=${MFH_STEPS:-2000}
+CLS_STEPS=${CLS_STEPS:-500}
+PY=${PY:-python}
+mkdir -p results
+export RAY_USAGE_STATS_ENABLED=0
+
+timed() {  # timed NAME CMD...: run, keep its output, record its wall time
+  local name=$1; shift
+  echo "$ $*" | tee -a results/commands.txt
+  local t0; t0=$(date +%s)
+  "$@" > "results/$name.out" 2> "results/$name.err"
+  printf '%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$*" >> results/times.tsv
+}
+
+run_id() { tail -1 "results/$1.out" | $PY -c 'import json,sys; print(json.loads(sys.stdin.read())["run_id"])'; }
+child0() { tail -1 "results/$1.out" | $PY -c 'import json,sys; print(json.loads(sys.stdin.read())["child_run_ids"][0])'; }
+
+# 1. MFH and its Table 4 ablations (one shot per novel character).
+M="--dataset omniglot --data-root $DATA --experiment mfh-omniglot --replicates 3 --steps $MFH_STEPS --json"
+timed mfh           $PY -m orchestrator train mfh $M
+timed mfh_nodiv     $PY -m orchestrator train mfh $M --set diversity_loss=false
+timed mfh_kmeans    $PY -m orchestrator train mfh $M --set addressing=kmeans
+timed cmp_mfh       $PY -m orchestrator compare --experiment mfh-omniglot --out results/mfh.png
+cp results/cmp_mfh.out results/mfh.txt
+
+# 2. The five generators and MT-GAN's SS control, at equal meta-steps.
+O="--dataset omniglot --data-root $DATA --experiment generators-omniglot --replicates 3 --steps $GEN_STEPS --json"
+timed figr          $PY -m orchestrator train figr     $O
+timed mtgan         $PY -m orchestrator train mtgan    $O --set pretrain_steps=$(( GEN_STEPS / 2 ))
+timed mtgan_noss    $PY -m orchestrator train mtgan    $O --set pretrain_steps=$(( GEN_STEPS / 2 )) --set meta_ss=false
+timed dcgan         $PY -m orchestrator train transfer $O --set arch=dcgan
+timed cdcgan        $PY -m orchestrator train transfer $O --set arch=cdcgan
+timed infogan       $PY -m orchestrator train transfer $O --set arch=infogan
+timed cmp_gen       $PY -m orchestrator compare --experiment generators-omniglot --out results/generators.png
+cp results/cmp_gen.out results/generators.txt
+timed cmp_ss        $PY -m orchestrator compare --experiment generators-omniglot --out results/ss.png \
+                      --pair "$(run_id mtgan)" "$(run_id mtgan_noss)"
+cp results/cmp_ss.out results/ss.txt
+
+# 3. One-shot classifiers: ProtoNet and MetaIRNet, generated images from MFH (seed 0 of step 1).
+S=.orchestrator/stores/omniglot_mfh
+timed pregen        $PY -m orchestrator pregenerate --dataset omniglot --data-root $DATA --from-run "$(child0 mfh)" \
+                      --variants 10 --actors 2 --out $S
+C="--dataset omniglot --data-root $DATA --experiment classifiers-omniglot --replicates 3 --steps $CLS_STEPS --json"
+timed protonet      $PY -m orchestrator train protonet  $C
+timed protonet_flip $PY -m orchestrator train protonet  $C --set augment=flip
+timed protonet_gau  $PY -m orchestrator train protonet  $C --set augment=gaussian
+timed protonet_gen  $PY -m orchestrator train protonet  $C --set augment=generated --set generated=$S
+timed metairnet     $PY -m orchestrator train metairnet $C --set generated=$S
+timed metairnet_fl  $PY -m orchestrator train metairnet $C --set generated=$S --set augment=generated,flip
+timed cmp_cls       $PY -m orchestrator compare --experiment classifiers-omniglot --metric val_accuracy \
+                      --out results/classifiers.png
+cp results/cmp_cls.out results/classifiers.txt
+echo "done: results/*.txt, results/times.tsv"
