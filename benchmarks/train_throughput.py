@@ -248,9 +248,14 @@ def ray_worker_loop(cfg: dict) -> dict:
 
     step, records, windows, total = 0, [], [], 0.0
     every = int(cfg["report_every"])
+    # Where the machine's CPU went during the measured windows: this worker's own process CPU time, and the
+    # whole machine's busy time (psutil, all processes), so that what Ray's own processes, the driver and
+    # anything else took from the cores is measured rather than guessed.
+    own_cpu, machine_busy = 0.0, 0.0
     for w in range(-1, cfg["repeats"]):  # window -1: the warm-up, not counted
         n = cfg["warmup"] if w < 0 else cfg["measure"]
         _sync_device(device)
+        c0, m0 = time.process_time(), _machine_busy_s()
         t = time.perf_counter()
         for _ in range(n):
             losses = {k: float(v) for k, v in method.meta_train_step(sampler.tasks(step, [rank], 4), sync).items()}
@@ -269,10 +274,32 @@ def ray_worker_loop(cfg: dict) -> dict:
         if w < 0:
             spent = {k: 0.0 for k in spent}
             continue
+        own_cpu += time.process_time() - c0
+        machine_busy += _machine_busy_s() - m0
         windows.append(n * size / elapsed)
         total += elapsed
+    workers_cpu = own_cpu
+    if size > 1:  # every worker's CPU seconds, summed (one tiny all-reduce after the measured windows)
+        import torch.distributed as dist
+
+        buf = torch.tensor([own_cpu], dtype=torch.float64)
+        dist.all_reduce(buf)
+        workers_cpu = float(buf.item())
     ray.train.report({"step": step, "done": 1})
-    return {"windows": windows, **{f"{k}_share": v / total for k, v in spent.items()}}
+    cores = os.cpu_count() or 1
+    return {"windows": windows, **{f"{k}_share": v / total for k, v in spent.items()},
+            # shares of the machine's CPU capacity (wall time x cores) over the measured windows
+            "rank0_cpu_of_its_core": own_cpu / total, "workers_cpu_share": workers_cpu / (total * cores),
+            "other_cpu_share": max(0.0, machine_busy - workers_cpu) / (total * cores),
+            "idle_cpu_share": max(0.0, 1.0 - machine_busy / (total * cores))}
+
+
+def _machine_busy_s() -> float:
+    """CPU-seconds the whole machine has been busy since boot (all cores, all processes; psutil)."""
+    import psutil  # a Ray dependency
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
 
 
 def ray_train(ds, classes, args, workers: int) -> dict:
@@ -341,6 +368,10 @@ def scaling_section(args) -> dict:
                 f"(all-reduce {100 * r['allreduce_share']:.1f}%, control all-reduce {100 * r['flags_share']:.2f}%, "
                 f"recording {100 * r['recording_share']:.2f}% of rank 0's time; start-up + teardown "
                 f"{r['startup_teardown_s']:.1f} s)")
+            say(f"    CPU over its windows: rank 0 used {100 * r['rank0_cpu_of_its_core']:.0f}% of a core; of the "
+                f"machine's {os.cpu_count()} cores, the workers took {100 * r['workers_cpu_share']:.0f}%, other "
+                f"processes (Ray's own, the driver, anything else) {100 * r['other_cpu_share']:.0f}%, idle "
+                f"{100 * r['idle_cpu_share']:.0f}%")
     finally:
         ray.shutdown()
     out["ray1_vs_plain"] = out["ray_1"]["tasks_per_s"] / out["plain"]["tasks_per_s"]
@@ -353,6 +384,8 @@ def scaling_section(args) -> dict:
         out["allreduce_share"] = rn["allreduce_share"]
         out["flags_share"] = rn["flags_share"]
         out["recording_share"] = rn["recording_share"]
+        out["other_cpu_share"] = rn["other_cpu_share"]
+        out["rank0_cpu_of_its_core"] = rn["rank0_cpu_of_its_core"]
         say(f"  ratio Ray 1 worker / plain:    {out['ray1_vs_plain']:.3f}")
         say(f"  ratio Ray {n} / Ray 1:           {out['rayN_vs_ray1']:.3f}")
         say(f"  scaling efficiency (Ray {n} / {n} independent): {out['scaling_efficiency']:.3f}  (target >= 0.95)")
@@ -413,8 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "scaling" in sections:
         sc = scaling_section(args)
         out["scaling"] = sc
-        for k in ("scaling_efficiency", "allreduce_share", "flags_share", "recording_share", "ray1_vs_plain",
-                  "rayN_vs_ray1"):
+        for k in ("scaling_efficiency", "allreduce_share", "flags_share", "recording_share", "other_cpu_share",
+                  "rank0_cpu_of_its_core", "ray1_vs_plain", "rayN_vs_ray1"):
             if k in sc:
                 out[k] = sc[k]
         if "skipped" in sc:
