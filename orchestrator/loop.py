@@ -33,11 +33,7 @@ import torch
 from orchestrator.checkpoints import load_checkpoint, save_checkpoint
 from orchestrator.errors import UserError
 from orchestrator.kinds import build_method, higher_is_better, kind_of
-
-from orchestrator.settings import FATAL, WORKER_ENV
-
-HISTORY_FILE = "history.json"
-SAMPLES_DIR = "samples"
+from orchestrator.settings import FATAL, HISTORY_FILE, SAMPLES_DIR, WORKER_ENV
 
 
 def _budget_reached(step: int, train_s: float, steps: int, budget_s: float) -> bool:

@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import tracking
-from orchestrator.settings import FATAL
+from orchestrator.settings import FATAL, HISTORY_FILE, SAMPLES_DIR
 
 try:  # Ray Train 2.60's driver-side hook (train V2)
     from ray.train import UserCallback
 except ImportError:  # pragma: no cover - older Ray
     from ray.train.v2.api.callback import UserCallback
 
-HISTORY_FILE = "history.json"
-SAMPLES_DIR = "samples"
 MARKER = "meta_steps"  # logged at every recorded checkpoint: the last recorded step is its last step
 
 

@@ -28,3 +28,8 @@ WORKER_ENV = "FSIG_IN_TRAIN_WORKER"
 # Report key (from the workers) and run tag (set by the recorder) of a deterministic failure: the driver ends
 # the run with it as one line, and Ray Train never retries it.
 FATAL = "fatal_error"
+
+# What a Ray Train checkpoint holds besides the model (written by the loop, read by the recorder): the
+# per-step record since the previous checkpoint, and the sample grids of its validation.
+HISTORY_FILE = "history.json"
+SAMPLES_DIR = "samples"
