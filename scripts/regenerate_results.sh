@@ -7,8 +7,9 @@
 #   mkdir -p ../results-run && cd ../results-run && bash ../main/scripts/regenerate_results.sh
 #
 # Step budgets (override with the environment): GEN_STEPS for the five generators and MT-GAN's SS control,
-# MFH_STEPS for MFH and its ablations, CLS_STEPS for the classifiers. Each command's wall time goes to
-# results/times.tsv; each compare's output to results/<table>.txt.
+# MFH_STEPS for MFH and its ablations, CLS_STEPS for the classifiers. TABLES picks the tables and their order
+# (default "mfh generators classifiers"; classifiers need mfh's first run, for the generated images). Each
+# command's wall time goes to results/times.tsv; each compare's output to results/<table>.txt.
 set -euo pipefail
 DATA=${DATA:-../shared/datasets}
 GEN_STEPS=${GEN_STEPS:-300}
@@ -29,15 +30,18 @@ timed() {  # timed NAME CMD...: run, keep its output, record its wall time
 run_id() { tail -1 "results/$1.out" | $PY -c 'import json,sys; print(json.loads(sys.stdin.read())["run_id"])'; }
 child0() { tail -1 "results/$1.out" | $PY -c 'import json,sys; print(json.loads(sys.stdin.read())["child_run_ids"][0])'; }
 
-# 1. MFH and its Table 4 ablations (one shot per novel character).
+TABLES=${TABLES:-mfh generators classifiers}
+
+mfh_table() {  # MFH and its Table 4 ablations (one shot per novel character)
 M="--dataset omniglot --data-root $DATA --experiment mfh-omniglot --replicates 3 --steps $MFH_STEPS --json"
 timed mfh           $PY -m orchestrator train mfh $M
 timed mfh_nodiv     $PY -m orchestrator train mfh $M --set diversity_loss=false
 timed mfh_kmeans    $PY -m orchestrator train mfh $M --set addressing=kmeans
 timed cmp_mfh       $PY -m orchestrator compare --experiment mfh-omniglot --out results/mfh.png
 cp results/cmp_mfh.out results/mfh.txt
+}
 
-# 2. The five generators and MT-GAN's SS control, at equal meta-steps.
+generators_table() {  # the five generators and MT-GAN's SS control, at equal meta-steps
 O="--dataset omniglot --data-root $DATA --experiment generators-omniglot --replicates 3 --steps $GEN_STEPS --json"
 timed figr          $PY -m orchestrator train figr     $O
 timed mtgan         $PY -m orchestrator train mtgan    $O --set pretrain_steps=$(( GEN_STEPS / 2 ))
@@ -50,8 +54,9 @@ cp results/cmp_gen.out results/generators.txt
 timed cmp_ss        $PY -m orchestrator compare --experiment generators-omniglot --out results/ss.png \
                       --pair "$(run_id mtgan)" "$(run_id mtgan_noss)"
 cp results/cmp_ss.out results/ss.txt
+}
 
-# 3. One-shot classifiers: ProtoNet and MetaIRNet, generated images from MFH (seed 0 of step 1).
+classifiers_table() {  # one-shot classifiers: ProtoNet and MetaIRNet, generated images from MFH's first seed
 S=.orchestrator/stores/omniglot_mfh
 timed pregen        $PY -m orchestrator pregenerate --dataset omniglot --data-root $DATA --from-run "$(child0 mfh)" \
                       --variants 10 --actors 2 --out $S
@@ -65,4 +70,9 @@ timed metairnet_fl  $PY -m orchestrator train metairnet $C --set generated=$S --
 timed cmp_cls       $PY -m orchestrator compare --experiment classifiers-omniglot --metric val_accuracy \
                       --out results/classifiers.png
 cp results/cmp_cls.out results/classifiers.txt
+}
+
+for table in $TABLES; do
+  "${table}_table"
+done
 echo "done: results/*.txt, results/times.tsv"
