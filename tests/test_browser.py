@@ -2,8 +2,10 @@
 sweep (digits, 2 trials, 4 steps), served by a real ``mlflow ui`` on 127.0.0.1, opened with Playwright.
 
 Asserted in the browser: the experiment's runs page lists the sweep's parent and, expanded, both its
-children; MLflow's compare-runs page shows both trials' searched parameters and a metric chart; a sample
-grid logged as an MLflow image shows (loaded, non-zero size) on a trial's "Model metrics" tab.
+children; MLflow's compare-runs page shows both trials' searched parameters and a metric chart (its Plotly
+parallel-coordinates plot with a val_fid_domain axis spanning both trials' values); a sample grid logged as an
+MLflow image (``val_samples``) shows, loaded with a non-zero size and in view, in its image-grid card on a trial's
+"Model metrics" tab (opened full screen, at the last logged step).
 
 Needs Playwright for Python (the ``test`` extra) and Debian's ``chromium`` (``apt-get install -y chromium``;
 Playwright's own browser download needs the internet). Marked ``browser``: left out of the default run,
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -89,8 +92,13 @@ def ui(swept):
     port = _free_port()
     exe = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
     log = open(root / "mlflow_ui.log", "w")
-    proc = subprocess.Popen([exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
+    # One worker: with MLflow's default 4, uvicorn's supervisor kills any worker that misses its 5 s health check,
+    # and on a loaded 2-core machine every worker kept dying while importing (no answer within 300 s, 2026-11-30).
+    # With one worker uvicorn serves in-process, without that supervisor. Job execution off: no job runner processes.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen([exe, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True, env=env)
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc, 300)
         yield f"http://127.0.0.1:{port}"
@@ -134,34 +142,77 @@ def test_experiment_page_lists_the_sweep_parent_and_its_children(swept, ui, page
     page.screenshot(path=str(root / "experiment.png"))
 
 
-@pytest.mark.skip(reason="not passing yet (issue 13 open): on 2026-11-30 the compare page showed both trials' parameters "
-                         "but no .js-plotly-plot element holding val_fid_domain appeared within 300 s")
 def test_compare_runs_shows_parameters_and_a_metric_chart(swept, ui, page):
+    from playwright.sync_api import expect
+
     _, exp_id, _, kids, root = swept
     ids = [k.info.run_id for k in kids]
     page.goto(f"{ui}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp_id])}")
     page.get_by_text(kids[1].info.run_name, exact=True).first.wait_for()
-    # The Parameters table: one row per searched key holding both trials' values as MLflow stored them.
+    # "Run details" table: its "Run ID:" row gives the column order of the runs.
+    run_links = page.locator("tr", has=page.locator("th", has_text=re.compile(r"^Run ID:$"))).locator("th a")
+    run_links.first.wait_for()
+    order = [t.strip() for t in run_links.all_text_contents()]
+    assert sorted(order) == sorted(ids), order
+    by_id = {k.info.run_id: k for k in kids}
+    # "Parameters" table: one row per searched key (<th>key</th>), each trial's value as MLflow stored it.
     for key in ("lr", "memory_size"):
-        row = page.locator("tr", has=page.locator("th, td", has_text=key)).filter(
-            has_text=kids[0].data.params[key]).filter(has_text=kids[1].data.params[key])
-        row.first.wait_for()
-    # The parallel-coordinates chart (Plotly) draws an axis for the metric.
-    chart = page.locator(".js-plotly-plot", has_text="val_fid_domain")
-    chart.first.wait_for()
-    assert chart.first.locator("svg.main-svg").count() >= 1
+        row = page.locator("tr", has=page.locator("th", has_text=re.compile(rf"^{key}$")))
+        expect(row).to_have_count(1, timeout=WAIT_MS)
+        expect(row.locator("td")).to_have_text([by_id[i].data.params[key] for i in order], timeout=WAIT_MS)
+    # "Parallel Coordinates Plot" (Plotly parcoords): it starts on the alphabetically first metric (balance_kl);
+    # add val_fid_domain in its "Metrics:" select, as a researcher would.
+    metrics_select = page.locator("div:text-is('Metrics:') + .du-bois-light-select")
+    metrics_select.click()
+    page.keyboard.type("val_fid_domain")
+    option = page.locator(".du-bois-light-select-item-option", has=page.get_by_text("val_fid_domain", exact=True))
+    option.click()
+    page.keyboard.press("Escape")
+    chart = page.locator(".js-plotly-plot", has=page.locator("text.axis-title", has_text=re.compile("^val_fid_domain$")))
+    chart.wait_for()
+    titles = chart.locator("text.axis-title").all_text_contents()
+    assert {"lr", "memory_size", "val_fid_domain"} <= set(titles), titles
+    # The metric's axis spans both trials' last val_fid_domain (its extents, printed to 5 decimals).
+    axis = chart.locator("g.y-axis", has=page.locator("text.axis-title", has_text=re.compile("^val_fid_domain$")))
+    values = sorted(k.data.metrics["val_fid_domain"] for k in kids)
+    expect(axis.locator("text.axis-extent-bottom-text")).to_have_text(f"{values[0]:.5f}", timeout=WAIT_MS)
+    expect(axis.locator("text.axis-extent-top-text")).to_have_text(f"{values[-1]:.5f}", timeout=WAIT_MS)
     page.screenshot(path=str(root / "compare.png"), full_page=True)
 
 
-@pytest.mark.skip(reason="not passing yet (issue 13 open): on 2026-11-30 no img[src*=get-artifact][src*=images] appeared "
-                         "on the run's model-metrics tab within 300 s; which tab MLflow 3.17 draws log_image cards on is unchecked")
 def test_a_sample_image_shows_on_a_runs_page(swept, ui, page):
-    _, exp_id, _, kids, root = swept
+    from playwright.sync_api import expect
+
+    uri, exp_id, _, kids, root = swept
     kid = kids[0]
+    # What the product logged: ``val_samples`` (the validation grid, log_image(key=..., step=...)) at each eval step.
+    files = [a.path for a in tracking.client(uri).list_artifacts(kid.info.run_id, "images")]
+    steps = sorted({int(f.split("+step+")[1].split("+")[0]) for f in files if f.startswith("images/val_samples+step+")})
+    assert steps, files
+    # MLflow 3.17 draws logged images as "image grid" cards among the charts of the run's "Model metrics" tab
+    # (one card per key, a step slider under it). The search box keeps only the image cards in view (the
+    # 140-odd metric charts are drawn lazily as they scroll in).
     page.goto(f"{ui}/#/experiments/{exp_id}/runs/{kid.info.run_id}/model-metrics")
-    img = page.locator("img[src*='get-artifact'][src*='images']")  # MLflow's image card (log_image with step)
-    img.first.wait_for()
-    page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.first.element_handle(),
-                           timeout=WAIT_MS)
-    assert img.first.evaluate("el => el.naturalWidth") > 8
-    page.screenshot(path=str(root / "run_images.png"), full_page=True)
+    page.get_by_placeholder("Search metric charts").fill("val_samples")
+    card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+        has=page.get_by_role("heading", name="val_samples", exact=True))
+    card.wait_for()
+    # In the card the run's parameters fill the space above the image (it is clipped): open the card full screen.
+    card.locator("button[data-component-id=fullscreen_button_chartcard]").click()
+    dialog = page.get_by_role("dialog", name="val_samples")
+    dialog.wait_for()
+    slider = dialog.get_by_role("slider")
+    expect(slider).to_have_attribute("aria-valuemax", str(steps[-1]), timeout=WAIT_MS)
+    expect(slider).to_have_attribute("aria-valuemin", str(steps[0]), timeout=WAIT_MS)
+    # The card opens at step 0 ("No image logged at this step"): type the last logged step in the step box.
+    step_box = dialog.locator("input[type=number]")
+    step_box.fill(str(steps[-1]))
+    step_box.press("Tab")  # the box commits its value on blur
+    expect(slider).to_have_attribute("aria-valuenow", str(steps[-1]), timeout=WAIT_MS)
+    img = dialog.locator(f"img[src*='get-artifact'][src*='val_samples%2Bstep%2B{steps[-1]}%2B'][src*='{kid.info.run_id}']")
+    img.wait_for()
+    page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=WAIT_MS)
+    assert img.evaluate("el => el.naturalWidth") > 8
+    img.scroll_into_view_if_needed()
+    expect(img).to_be_in_viewport(timeout=WAIT_MS)  # drawn where it can be seen, not clipped away
+    page.screenshot(path=str(root / "run_images.png"))
