@@ -73,7 +73,8 @@ def _tasks(count: int, shots: int, image_shape: tuple[int, int, int], seed: int,
 
 
 def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1, 4, 8, 16, 32), repeats: int = 3,
-                    width: int = 16, threads: int | None = 1, inner_steps: int = 10, method: str = "figr") -> dict:
+                    width: int = 16, threads: int | None = 1, inner_steps: int = 10, method: str = "figr",
+                    profile: bool = False) -> dict:
     """Meta-training tasks/s, sequential (``task_batch=1``) vs batched (``task_batch=T``), at each T.
 
     ``method="figr"``: FIGR's defaults (dcgan, ``width``, z_dim 100, n=4 shots, K=``inner_steps``, SGD inner
@@ -83,7 +84,10 @@ def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1
     batched meta-step of T tasks back to back; medians. T=1 is the sequential loop itself (``task_batch=1``
     means sequential), so its speedup is 1 by definition. ``threads``: torch threads on the CPU (None: torch's
     default). Besides wall-clock tasks/s it records process CPU-seconds per task, which a shared machine
-    disturbs less. Returns a JSON-ready dict, with ``batched_speedup_t8`` when 8 is in ``ts``.
+    disturbs less. Returns a JSON-ready dict, with ``batched_speedup_t8`` when 8 is in ``ts``. ``profile``: after
+    the timed rounds of each T > 1, one more meta-step of each path under ``torch.profiler`` (CPU activity),
+    reported as self CPU seconds and calls per operator group (``op_groups``), so the speedup comes with its
+    own breakdown of where the paths differ.
     """
     from methods.figr import FIGR
     from methods.mtgan import MTGAN
@@ -133,6 +137,11 @@ def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1
             "sequential_tasks_per_s": T / s_wall, "batched_tasks_per_s": T / b_wall, "speedup": s_wall / b_wall,
             "sequential_cpu_s_per_task": s_cpu / T, "batched_cpu_s_per_task": b_cpu / T, "cpu_speedup": s_cpu / b_cpu,
         }
+        if profile and bat is not None:
+            rows[str(T)]["op_groups"] = {"sequential": op_groups(seq, tasks), "batched": op_groups(bat, tasks)}
+            say("    self CPU s by operator group (sequential -> batched): " + ", ".join(
+                f"{g} {rows[str(T)]['op_groups']['sequential'].get(g, {}).get('cpu_s', 0):.2f} -> "
+                f"{rows[str(T)]['op_groups']['batched'].get(g, {}).get('cpu_s', 0):.2f}" for g in OP_GROUPS))
         say(f"  {method} T={T:>2}: sequential {T / s_wall:.3f} tasks/s, batched {T / b_wall:.3f} tasks/s, "
             f"x{s_wall / b_wall:.2f} (CPU time x{s_cpu / b_cpu:.2f})")
     out = {
@@ -144,6 +153,37 @@ def batched_section(device: str | torch.device = "cpu", ts: tuple[int, ...] = (1
         out["batched_speedup_t8"] = rows["8"]["speedup"]
         out["batched_cpu_speedup_t8"] = rows["8"]["cpu_speedup"]
     return out
+
+
+OP_GROUPS = ("convolution", "matmul", "elementwise", "norm", "copy/reshape", "other")
+
+
+def _op_group(name: str) -> str:
+    if "conv" in name:
+        return "convolution"
+    if any(k in name for k in ("mm", "matmul", "linear")):
+        return "matmul"
+    if "norm" in name:
+        return "norm"
+    if any(k in name for k in ("copy", "cat", "stack", "clone", "contiguous", "view", "permute", "transpose",
+                               "unfold", "select", "slice", "expand", "index", "reshape")):
+        return "copy/reshape"
+    return "elementwise" if name.startswith("aten::") else "other"
+
+
+def op_groups(method, tasks) -> dict:
+    """One ``meta_train_step(tasks)`` under ``torch.profiler`` (CPU): {group: {cpu_s, calls}} of self CPU time
+    per operator group (``OP_GROUPS``; torch.profiler's own key averages, grouped by operator name)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        method.meta_train_step(tasks)
+    groups: dict[str, dict] = {}
+    for e in prof.key_averages():
+        g = groups.setdefault(_op_group(e.key), {"cpu_s": 0.0, "calls": 0})
+        g["cpu_s"] += e.self_cpu_time_total / 1e6
+        g["calls"] += int(e.count)
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -403,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ts", default=None, help="task batch sizes T, comma-separated (default 1,4,8,16,32)")
     ap.add_argument("--batched-methods", default="figr", help="comma-separated: figr, mtgan")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true",
+                    help="batched section: also profile one meta-step of each path per T (operator groups' CPU s)")
     ap.add_argument("--inner-steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU in the batched section (0: default)")
     ap.add_argument("--dataset", default=None, help="scaling section's dataset (default omniglot; --quick: digits)")
@@ -436,7 +478,7 @@ def main(argv: list[str] | None = None) -> dict:
         for m in [s.strip() for s in args.batched_methods.split(",") if s.strip()]:
             say(f"batched: {m}, device {args.device}, T in {ts}, median of {args.repeats}")
             res = batched_section(args.device, ts, args.repeats, width=args.width, threads=args.threads or None,
-                                  inner_steps=args.inner_steps, method=m)
+                                  inner_steps=args.inner_steps, method=m, profile=args.profile)
             out[f"batched_{m}"] = res
             if m == "figr":
                 out["batched_speedup_t8"] = res.get("batched_speedup_t8")
