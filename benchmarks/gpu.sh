@@ -62,7 +62,7 @@ fi
 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --json >"$OUT/throughput.out" 2>"$OUT/throughput.err"
 rc=$?
 tail -n 1 "$OUT/throughput.out" >"$OUT/throughput.json"
-grep -E "T=|tasks/s|ratio|efficiency|scaling" "$OUT/throughput.err" || true
+grep -E "T=|tasks/s|ratio|efficiency|scaling|CPU over|operator group" "$OUT/throughput.err" || true
 if [ $rc -eq 0 ]; then
   "$PY" - "$OUT/throughput.json" <<'EOF' || rc=$?
 import json, sys
