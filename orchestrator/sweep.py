@@ -249,7 +249,9 @@ def ui_hint(uri: str, parent_run_id: str) -> str:
     exp = tracking.client(uri).get_run(parent_run_id).info.experiment_id
     page = f"#/experiments/{exp}/runs?workflowType=machine_learning"
     if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000/{page})"
+        # --workers 1: MLflow 3.17 serves the UI with 4 uvicorn workers, and on a busy 2-core machine each missed
+        # uvicorn's 5 s health check while importing and was killed and restarted in a loop (never answering).
+        return f"mlflow ui --backend-store-uri {uri} --workers 1  (then http://127.0.0.1:5000/{page})"
     return f"{uri.rstrip('/')}/{page}"
 
 
