@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -118,7 +118,6 @@ def ensure_ray(address: str | None) -> bool:
     """
     import os
 
-    import psutil  # a Ray dependency
     import ray
 
     if ray.is_initialized():
@@ -131,8 +130,8 @@ def ensure_ray(address: str | None) -> bool:
     # (measured: os.nice(0) in a Ray task is 15 by default, 0 with this; set RAY_worker_niceness to override).
     os.environ.setdefault("RAY_worker_niceness", "0")
     local = not address and not os.environ.get("RAY_API_SERVER_ADDRESS") and _starts_local_ray()
-    for attempt in range(1, 4):
-        before = {c.pid for c in psutil.Process().children(recursive=True)}
+
+    def start() -> None:
         kwargs: dict[str, Any] = {}
         if local:
             # Ray Train's placement-group cleaner (a Ray actor) asks the State API without an address, so Ray finds
@@ -141,19 +140,39 @@ def ensure_ray(address: str | None) -> bool:
             # dashboard port and name it in the environment its processes inherit: they then ask their own Ray.
             kwargs["dashboard_port"] = _free_port()
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{kwargs['dashboard_port']}"
+        # The dashboard hosts the State API Ray Train polls; without it Train logs a warning a second.
+        ray.init(address=address or None, log_to_driver=True, **kwargs)
+
+    try:
+        init_ray_retrying(start, retry=local)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise UserError(f"cannot connect to Ray at {address!r} ({str(err).splitlines()[0]}): "
+                        f"pass the head node's address (ray start --head prints it) or omit --address") from None
+    return True
+
+
+def init_ray_retrying(start: Callable[[], None], retry: bool = True, attempts: int = 3) -> None:
+    """Call ``start`` (a ``ray.init``), and when Ray misses its start-up deadline, kill what the failed start left
+    (the new child processes, by pid) and call it again, up to ``attempts`` times (``retry=False``: once).
+
+    Ray gives a new local node a fixed 30 s for its raylet to register with the GCS; on a machine whose cores are
+    busy (measured here at a load of 40-70 on 2 cores) that is missed now and then ("timed out during startup").
+    Every other error propagates at once. Used by ``ensure_ray`` and the tests' session Ray (ours).
+    """
+    import psutil  # a Ray dependency
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        before = {c.pid for c in psutil.Process().children(recursive=True)}
         try:
-            # The dashboard hosts the State API Ray Train polls; without it Train logs a warning a second.
-            ray.init(address=address or None, log_to_driver=True, **kwargs)
-            return True
-        except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UserError(f"cannot connect to Ray at {address!r} ({str(err).splitlines()[0]}): "
-                            f"pass the head node's address (ray start --head prints it) or omit --address") from None
+            start()
+            return
+        except (ConnectionError, ValueError, RuntimeError):
+            raise
         except Exception as err:  # noqa: BLE001 - only Ray's start-up timeout is retried
-            # Ray gives a new local node a fixed 30 s for its raylet to register with the GCS; on a machine whose
-            # cores are busy (measured here at a load of 40-70 on 2 cores) that is missed now and then.
-            if not local or attempt == 3 or "timed out during startup" not in str(err):
+            if not retry or attempt == attempts or "timed out during startup" not in str(err):
                 raise
-            log(f"local Ray did not start in time (attempt {attempt} of 3, busy machine?): starting it again")
+            log(f"local Ray did not start in time (attempt {attempt} of {attempts}, busy machine?): starting it again")
             ray.shutdown()
             for child in psutil.Process().children(recursive=True):  # the failed start's GCS, raylet, dashboard
                 if child.pid not in before:
@@ -161,7 +180,6 @@ def ensure_ray(address: str | None) -> bool:
                         child.kill()
                     except psutil.Error:
                         pass
-    return True
 
 
 def _starts_local_ray() -> bool:

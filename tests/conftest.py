@@ -41,19 +41,8 @@ def ray_local(tmp_path_factory):
     tmp = Path("/tmp") / f"rt{os.getpid()}"  # Ray wants a short temp path (socket names)
     tmp.mkdir(exist_ok=True)
     os.environ["RAY_TMPDIR"] = str(tmp)
-    import psutil
+    from orchestrator.lifecycle import init_ray_retrying
 
-    for attempt in range(3):  # Ray's fixed 30 s start-up deadline is missed now and then on a loaded machine
-        before = {c.pid for c in psutil.Process().children(recursive=True)}
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
-            break
-        except Exception as err:  # noqa: BLE001 - only the start-up timeout is retried, as lifecycle.ensure_ray does
-            if attempt == 2 or "timed out during startup" not in str(err):
-                raise
-            ray.shutdown()
-            for child in psutil.Process().children(recursive=True):  # the failed start's own processes, by pid
-                if child.pid not in before:
-                    child.kill()
+    init_ray_retrying(lambda: ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False))
     yield ray
     ray.shutdown()
