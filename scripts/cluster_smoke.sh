@@ -42,6 +42,7 @@ done
 say() { printf '[smoke %4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { say "FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "run as root (network and PID namespaces, sshd)" >&2; exit 2; }
+case "$REPO/" in /tmp/*) echo "the repository is under /tmp, which each emulated host and the Ray client replace with a private /tmp: clone it elsewhere (e.g. /var/tmp) and run it from there" >&2; exit 2 ;; esac
 [ -x "$VENV/bin/ray" ] || { echo "no Ray in $VENV (pip install -e '.[test]' first, or set SMOKE_VENV)" >&2; exit 2; }
 
 # ---------------------------------------------------------------- tools

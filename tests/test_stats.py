@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 
-from orchestrator.evaluation.stats import CI, PairedCI, bootstrap_ci, paired_difference_ci
+from orchestrator.evaluation.stats import CI, PairedCI, bootstrap_ci, metric_bounds, paired_difference_ci, summarize_seeds
 
 TRUTH = 1.0
 
@@ -105,3 +105,25 @@ def test_paired_difference_identical_rows_not_separated_shifted_rows_separated()
     # a NaN in either row drops that cell
     b = a.copy(); b[1, 4] = np.nan
     assert paired_difference_ci(a + 0.1, b).dropped_cells == 1
+
+
+def test_summarize_seeds_keeps_a_share_inside_its_range_and_leaves_kid_unbounded():
+    # Three seeds of a share near 0 (most classes 0, one class 1/16 in one seed): the expanded interval reaches
+    # below 0 unless intersected with [0, 1]; KID's unbiased estimate may be negative and keeps its lower end.
+    share = [[0.0] * 9 + [0.0625], [0.0] * 10, [0.0] * 10]
+    kid = [[-0.5, 0.2, 0.1], [0.3, -0.2, 0.0], [0.1, 0.1, -0.4]]
+    evals = [{"metrics": {"memorized_share_shots": float(np.mean(share[s])), "kid_domain": float(np.mean(kid[s])),
+                          "fid_domain": f},
+              "per_class": {"memorized_share_shots": share[s]}}
+             for s, f in zip(range(3), [1.0, 2.0, 30.0])]
+    raw = bootstrap_ci(np.asarray(share))
+    assert raw.low < 0  # what the clip is for
+    out = summarize_seeds(evals)
+    assert out["memorized_share_shots_ci_low"] == 0.0
+    assert out["memorized_share_shots_ci_high"] == pytest.approx(raw.high)
+    assert out["fid_domain_ci_low"] == 0.0 < out["fid_domain_ci_high"]
+    kid_raw = bootstrap_ci(np.asarray([[np.mean(r)] for r in kid]))
+    assert out["kid_domain_ci_low"] == pytest.approx(kid_raw.low) and kid_raw.low < 0
+    assert metric_bounds("recall_domain_real") == (0.0, 1.0)
+    assert metric_bounds("inception_score_domain_shots")[0] == 1.0
+    assert metric_bounds("kid_domain") == (-math.inf, math.inf)

@@ -52,7 +52,43 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CI", "PairedCI", "bootstrap_ci", "paired_difference_ci", "summarize_seeds"]
+__all__ = ["CI", "PairedCI", "bootstrap_ci", "metric_bounds", "paired_difference_ci", "summarize_seeds"]
+
+# The range each protocol metric can take, by name (the control suffixes _real/_scratch/_shots/_unadapted and
+# _computed flags included): an interval is intersected with it in summarize_seeds, so that a share never gets a
+# lower end below 0. Intersecting with the parameter's own range cannot lose coverage (the true value lies in it),
+# unlike clipping to the range of the observed cells, which undoes the expansion above (tests/test_stats.py).
+# Metrics not listed (KID: its unbiased MMD² estimate can be negative; differences) are left as computed.
+_UNIT = (0.0, 1.0)
+_NONNEG = (0.0, math.inf)
+_BOUNDS: list[tuple[str, tuple[float, float]]] = [
+    # shares and probabilities
+    ("class_hit", _UNIT), ("coverage_", _UNIT), ("recall_", _UNIT), ("precision_", _UNIT),
+    ("memorized_share", _UNIT), ("diverged", _UNIT), ("chance", _UNIT), ("accuracy", _UNIT),
+    ("val_accuracy", _UNIT), ("test_accuracy", _UNIT),
+    # distances, counts, ratios of distances, entropies
+    ("fid_", _NONNEG), ("density_", _NONNEG), ("diversity", _NONNEG), ("lpips", _NONNEG), ("mse", _NONNEG),
+    ("shot_distance_ratio", _NONNEG), ("kid_domain_std", _NONNEG), ("mfh_", _NONNEG), ("mode_score", _NONNEG),
+    ("n_", _NONNEG),
+    # exp of an expected KL divergence
+    ("inception_score", (1.0, math.inf)),
+    # structural similarity
+    ("ssim", (-1.0, 1.0)),
+]
+
+
+def metric_bounds(name: str) -> tuple[float, float]:
+    """The range ``(low, high)`` a protocol metric called ``name`` can take; ``(-inf, inf)`` when unknown.
+
+    Matched on the name's start (``recall_domain_shots`` -> recall, in [0, 1]; ``fid_domain_per_class`` -> FID,
+    >= 0; ``inception_score_domain`` -> >= 1). KID (an unbiased MMD² estimate, negative when the two sets are
+    closer than the estimator's noise) and anything else not listed are unbounded. Source: ours (the metrics'
+    definitions).
+    """
+    for prefix, bounds in _BOUNDS:
+        if name.startswith(prefix):
+            return bounds
+    return (-math.inf, math.inf)
 
 
 class CI(tuple):
@@ -232,7 +268,8 @@ def summarize_seeds(evaluations: list[dict[str, Any]], level: float = 0.95) -> d
       seed). ``level``: the interval's coverage.
     Returns: for each metric name in every dict's ``metrics``: the :func:`bootstrap_ci` of the grid
       [seeds, classes] of its per-class values where every seed has them (with one length), else of the grid
-      [seeds, 1] of its headline values (pooled metrics: FID, KID, IS, accuracy). NaN where nothing was finite.
+      [seeds, 1] of its headline values (pooled metrics: FID, KID, IS, accuracy), intersected with the metric's
+      range (:func:`metric_bounds`: a share's interval stays within [0, 1]). NaN where nothing was finite.
     Source: ours.
     """
     names = sorted(set.intersection(*(set(e["metrics"]) for e in evaluations))) if evaluations else []
@@ -244,5 +281,8 @@ def summarize_seeds(evaluations: list[dict[str, Any]], level: float = 0.95) -> d
         else:
             grid = np.asarray([[e["metrics"][name]] for e in evaluations], dtype=np.float64)  # [seeds, 1]
         mean, low, high = bootstrap_ci(grid, level=level)[:3]
+        lo_bound, hi_bound = metric_bounds(name)
+        if low == low:  # not NaN: the interval intersected with the metric's own range (see _BOUNDS)
+            low, high = min(max(low, lo_bound), hi_bound), max(min(high, hi_bound), lo_bound)
         out.update({f"{name}_mean": mean, f"{name}_ci_low": low, f"{name}_ci_high": high})
     return out
