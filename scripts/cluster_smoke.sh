@@ -42,7 +42,14 @@ done
 say() { printf '[smoke %4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { say "FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "run as root (network and PID namespaces, sshd)" >&2; exit 2; }
-case "$REPO/" in /tmp/*) echo "the repository is under /tmp, which each emulated host and the Ray client replace with a private /tmp: clone it elsewhere (e.g. /var/tmp) and run it from there" >&2; exit 2 ;; esac
+# Each host and the Ray client get a private /tmp; a repository under /tmp (a CI clone, say) is bound back into
+# it at the same path, so its top folder under /tmp is kept (KEEP) and the venv must be inside it or outside /tmp.
+top_tmp() { case "$1/" in /tmp/*) echo "/tmp/$(echo "${1#/tmp/}" | cut -d/ -f1)" ;; esac; }
+KEEP=$(top_tmp "$REPO")
+VENV_ABS=$(cd "$VENV" 2>/dev/null && pwd || echo "$VENV")
+if [ -n "$(top_tmp "$VENV_ABS")" ] && [ "$(top_tmp "$VENV_ABS")" != "$KEEP" ]; then
+  echo "the venv $VENV_ABS is under /tmp but outside the repository's folder $KEEP: each emulated host has a private /tmp; put the venv inside the repository or outside /tmp (SMOKE_VENV)" >&2; exit 2
+fi
 [ -x "$VENV/bin/ray" ] || { echo "no Ray in $VENV (pip install -e '.[test]' first, or set SMOKE_VENV)" >&2; exit 2; }
 
 # ---------------------------------------------------------------- tools
@@ -146,14 +153,16 @@ for i in 0 1; do
   # default route in the namespace, Ray finds a node's address by resolving the hostname (otherwise
   # 127.0.0.1), and torch.distributed looks up its peers' names.
   ip netns exec "$n" unshare --pid --fork --kill-child --mount-proc --mount --uts sh -c '
-    hostname "$5" && mount --bind "$1/hosts" /etc/hosts && mount -t tmpfs tmpfs /tmp &&
+    hostname "$5" && mount --bind "$1/hosts" /etc/hosts &&
+    if [ -n "$6" ]; then mkdir -p "$1/keep" && mount --bind "$6" "$1/keep"; fi && mount -t tmpfs tmpfs /tmp &&
+    if [ -n "$6" ]; then mkdir -p "$6" && mount --bind "$1/keep" "$6"; fi &&
     if [ -n "$4" ]; then mkdir -p "$1/home/$4" && mount --bind "/root/$4" "$1/home/$4" &&
       mount -o remount,bind,ro "$1/home/$4"; fi &&
     mount --rbind "$1/home" /root && cd /root &&
     exec /usr/sbin/sshd -D -e -f /dev/null -o ListenAddress="$2" -o HostKey="$1/ssh_host_ed25519_key" \
       -o AuthorizedKeysFile="$3" -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no \
       -o StrictModes=no -o UsePAM=no -o PidFile=none -o MaxStartups=100 -o MaxSessions=100' \
-    sh "$h" "${IPS[$i]}" "$T/authorized_keys" "$PY_UNDER_ROOT" "$n" > "$T/logs/sshd-h$((i+1)).log" 2>&1 &
+    sh "$h" "${IPS[$i]}" "$T/authorized_keys" "$PY_UNDER_ROOT" "$n" "$KEEP" > "$T/logs/sshd-h$((i+1)).log" 2>&1 &
   UNSHARE_PIDS+=($!)
 done
 for i in 0 1; do   # the init is unshare's only child
@@ -180,7 +189,9 @@ say "hosts up (host inits: pids ${INIT_PIDS[*]}); ssh root@${IPS[0]} / root@${IP
 client() {
   env HOME="$T/client/home" PATH="$VENV/bin:$PATH" RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0 \
     unshare --pid --fork --kill-child --mount-proc --mount \
-    sh -c 'mount --bind "$0" /tmp && cd "$1" && shift && exec "$@"' "$T/client/tmp" "$REPO" "$@"
+    sh -c 'k=$2; if [ -n "$k" ]; then mkdir -p "$0.keep" && mount --bind "$k" "$0.keep"; fi &&
+      mount --bind "$0" /tmp && if [ -n "$k" ]; then mkdir -p "$k" && mount --bind "$0.keep" "$k"; fi &&
+      cd "$1" && shift 2 && exec "$@"' "$T/client/tmp" "$REPO" "$KEEP" "$@"
 }
 on_head() {  # a command on the head in its login environment (what ray exec runs), without Ray's CLI start-up
   "${SSH[@]}" root@"$HEAD" "source ~/.bashrc >/dev/null 2>&1; $*"
@@ -195,7 +206,7 @@ say "concrete config $CFG (cluster-onprem.yaml with these hosts, key and shared 
 # ---------------------------------------------------------------- ray up, then wait for 2 nodes
 t=$(date +%s)
 say "ray up (head ${IPS[0]}, worker ${IPS[1]}); log $T/logs/ray-up.log"
-if ! timeout "$UP_TIMEOUT" bash -c "$(declare -f client); $(declare -p T VENV REPO); client ray up -y --no-config-cache '$CFG'" \
+if ! timeout "$UP_TIMEOUT" bash -c "$(declare -f client); $(declare -p T VENV REPO KEEP); client ray up -y --no-config-cache '$CFG'" \
      > "$T/logs/ray-up.log" 2>&1; then
   tail -40 "$T/logs/ray-up.log"; die "ray up failed or took over $UP_TIMEOUT s"
 fi
@@ -224,7 +235,7 @@ submit() {  # submit ID ENTRYPOINT: ray job submit from this machine to the head
   local id=$1 cmd=$2 t1 rc=0
   t1=$(date +%s)
   say "ray job submit $id: $cmd"
-  timeout "$JOB_TIMEOUT" bash -c "$(declare -f client); $(declare -p T VENV REPO); \
+  timeout "$JOB_TIMEOUT" bash -c "$(declare -f client); $(declare -p T VENV REPO KEEP); \
     client ray job submit --address 'http://$HEAD:8265' --submission-id '$id' -- bash -c '$cmd'" \
     > "$T/logs/$id.log" 2>&1 || rc=$?
   grep -E "ip=$SUBNET\.|Started|world_rank|sweep name|run_id|Traceback|Error|error:" "$T/logs/$id.log" \
@@ -258,7 +269,7 @@ fi
 
 # ---------------------------------------------------------------- ray down (bounded)
 t=$(date +%s)
-if timeout 120 bash -c "$(declare -f client); $(declare -p T VENV REPO); client ray down -y '$CFG'" \
+if timeout 120 bash -c "$(declare -f client); $(declare -p T VENV REPO KEEP); client ray down -y '$CFG'" \
      > "$T/logs/ray-down.log" 2>&1; then
   say "ray down returned after $(( $(date +%s) - t )) s"
 else

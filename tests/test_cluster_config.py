@@ -67,6 +67,7 @@ def test_head_runs_mlflow_server_and_everyone_points_at_it(cfg):
     assert len(server) == 1
     cmd = server[0]
     assert "--host 0.0.0.0" in cmd and "--port 5000" in cmd and "--backend-store-uri sqlite:///" in cmd
+    assert "--workers 1" in cmd  # MLflow's 4 uvicorn workers die in a health-check loop on a busy head
     assert cmd.index("mlflow server") > 0 and any("ray start --head" in c for c in cfg["head_start_ray_commands"])
     # Workers reach the head by its address; the head exports its private IP, not localhost,
     # because the driver hands its URI to the rank-0 Train worker on a GPU node.
@@ -178,7 +179,7 @@ def test_onprem_same_setup_as_cluster_yaml(cfg, onprem):
 
 def test_onprem_head_runs_mlflow_server_on_shared_storage(onprem):
     server = [c for c in onprem["head_start_ray_commands"] if "mlflow server" in c]
-    assert len(server) == 1 and "--port 5000" in server[0]
+    assert len(server) == 1 and "--port 5000" in server[0] and "--workers 1" in server[0]
     assert "--backend-store-uri sqlite:////mnt/shared/" in server[0]
     assert "--artifacts-destination /mnt/shared/" in server[0]
     storage = _exports(onprem["setup_commands"], "FSIG_STORAGE")
