@@ -226,8 +226,9 @@ T_UP=$(( $(date +%s) - t ))
 say "2 nodes active, $T_UP s after ray up started"
 
 MLFLOW=http://$HEAD:5000
-for _ in $(seq 120); do curl -sf "$MLFLOW/health" >/dev/null && break; sleep 1; done
-curl -sf "$MLFLOW/health" >/dev/null || { on_head 'tail -20 ~/mlflow.log'; die "no MLflow server at $MLFLOW"; }
+t_ml=$(date +%s)   # at most 300 s: 116 s was seen on a loaded machine (the server's first start creates its tables)
+until curl -sf -m 10 "$MLFLOW/health" >/dev/null; do [ $(( $(date +%s) - t_ml )) -ge 300 ] && break; sleep 1; done
+curl -sf -m 10 "$MLFLOW/health" >/dev/null || { on_head 'tail -20 ~/mlflow.log'; die "no MLflow server at $MLFLOW"; }
 say "MLflow tracking server up on the head: $MLFLOW"
 
 # ---------------------------------------------------------------- jobs
