@@ -24,6 +24,7 @@ set -euo pipefail
 T0=$(date +%s)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${SMOKE_VENV:-$REPO/.venv}
+case "$VENV" in /*) ;; *) VENV=$PWD/$VENV ;; esac   # absolute: each host's ~/venv is a link to it
 SUBNET=${SMOKE_SUBNET:-10.77.0}
 UP_TIMEOUT=${SMOKE_UP_TIMEOUT:-600}
 JOB_TIMEOUT=${SMOKE_JOB_TIMEOUT:-1200}
