@@ -54,6 +54,11 @@ cp results/cmp_gen.out results/generators.txt
 timed cmp_ss        $PY -m orchestrator compare --experiment generators-omniglot --out results/ss.png \
                       --pair "$(run_id mtgan)" "$(run_id mtgan_noss)"
 cp results/cmp_ss.out results/ss.txt
+timed cmp_figr      $PY -m orchestrator compare --experiment generators-omniglot --out results/figr_pairs.png \
+                      --pair "$(run_id figr)" "$(run_id dcgan)"
+timed cmp_ss_classhit $PY -m orchestrator compare --experiment generators-omniglot --out results/ss_classhit.png \
+                      --diff-metric class_hit --pair "$(run_id mtgan)" "$(run_id mtgan_noss)" \
+                      --pair "$(run_id figr)" "$(run_id mtgan_noss)"
 }
 
 classifiers_table() {  # one-shot classifiers: ProtoNet and MetaIRNet, generated images from MFH's first seed
