@@ -75,6 +75,9 @@ timed metairnet_fl  $PY -m orchestrator train metairnet $C --set generated=$S --
 timed cmp_cls       $PY -m orchestrator compare --experiment classifiers-omniglot --metric val_accuracy \
                       --out results/classifiers.png
 cp results/cmp_cls.out results/classifiers.txt
+timed cmp_cls_pairs $PY -m orchestrator compare --experiment classifiers-omniglot --metric val_accuracy \
+                      --out results/cls_pairs.png --pair "$(run_id metairnet)" "$(run_id protonet)" \
+                      --pair "$(run_id protonet_gen)" "$(run_id protonet)" --pair "$(run_id metairnet)" "$(run_id protonet_gen)"
 }
 
 for table in $TABLES; do
