@@ -59,6 +59,10 @@ timed cmp_figr      $PY -m orchestrator compare --experiment generators-omniglot
 timed cmp_ss_classhit $PY -m orchestrator compare --experiment generators-omniglot --out results/ss_classhit.png \
                       --diff-metric class_hit --pair "$(run_id mtgan)" "$(run_id mtgan_noss)" \
                       --pair "$(run_id figr)" "$(run_id mtgan_noss)"
+timed cmp_gen_more  $PY -m orchestrator compare --experiment generators-omniglot --out results/gen_more_pairs.png \
+                      --pair "$(run_id figr)" "$(run_id infogan)" --pair "$(run_id figr)" "$(run_id cdcgan)" \
+                      --pair "$(run_id figr)" "$(run_id mtgan)" --pair "$(run_id mtgan)" "$(run_id dcgan)" \
+                      --pair "$(run_id mtgan)" "$(run_id infogan)" --pair "$(run_id mtgan)" "$(run_id cdcgan)"
 }
 
 classifiers_table() {  # one-shot classifiers: ProtoNet and MetaIRNet, generated images from MFH's first seed
@@ -78,6 +82,9 @@ cp results/cmp_cls.out results/classifiers.txt
 timed cmp_cls_pairs $PY -m orchestrator compare --experiment classifiers-omniglot --metric val_accuracy \
                       --out results/cls_pairs.png --pair "$(run_id metairnet)" "$(run_id protonet)" \
                       --pair "$(run_id protonet_gen)" "$(run_id protonet)" --pair "$(run_id metairnet)" "$(run_id protonet_gen)"
+timed cmp_cls_flip  $PY -m orchestrator compare --experiment classifiers-omniglot --metric val_accuracy \
+                      --out results/cls_flip.png --pair "$(run_id protonet)" "$(run_id protonet_flip)" \
+                      --pair "$(run_id metairnet)" "$(run_id metairnet_fl)"
 }
 
 for table in $TABLES; do
