@@ -47,9 +47,8 @@ die() { say "FAILED: $*" >&2; exit 1; }
 # it at the same path, so its top folder under /tmp is kept (KEEP) and the venv must be inside it or outside /tmp.
 top_tmp() { case "$1/" in /tmp/*) echo "/tmp/$(echo "${1#/tmp/}" | cut -d/ -f1)" ;; esac; }
 KEEP=$(top_tmp "$REPO")
-VENV_ABS=$(cd "$VENV" 2>/dev/null && pwd || echo "$VENV")
-if [ -n "$(top_tmp "$VENV_ABS")" ] && [ "$(top_tmp "$VENV_ABS")" != "$KEEP" ]; then
-  echo "the venv $VENV_ABS is under /tmp but outside the repository's folder $KEEP: each emulated host has a private /tmp; put the venv inside the repository or outside /tmp (SMOKE_VENV)" >&2; exit 2
+if [ -n "$(top_tmp "$VENV")" ] && [ "$(top_tmp "$VENV")" != "$KEEP" ]; then
+  echo "the venv $VENV is under /tmp, which each emulated host replaces with a private /tmp: put it inside the repository ($REPO) or outside /tmp (SMOKE_VENV)" >&2; exit 2
 fi
 [ -x "$VENV/bin/ray" ] || { echo "no Ray in $VENV (pip install -e '.[test]' first, or set SMOKE_VENV)" >&2; exit 2; }
 
@@ -62,6 +61,7 @@ command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq   # a fresh machine (CI) may have no package lists yet
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 

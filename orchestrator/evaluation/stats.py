@@ -281,8 +281,6 @@ def summarize_seeds(evaluations: list[dict[str, Any]], level: float = 0.95) -> d
         else:
             grid = np.asarray([[e["metrics"][name]] for e in evaluations], dtype=np.float64)  # [seeds, 1]
         mean, low, high = bootstrap_ci(grid, level=level)[:3]
-        lo_bound, hi_bound = metric_bounds(name)
-        if low == low:  # not NaN: the interval intersected with the metric's own range (see _BOUNDS)
-            low, high = min(max(low, lo_bound), hi_bound), max(min(high, hi_bound), lo_bound)
+        low, high = (float(v) for v in np.clip([low, high], *metric_bounds(name)))  # the metric's range; NaN stays
         out.update({f"{name}_mean": mean, f"{name}_ci_low": low, f"{name}_ci_high": high})
     return out
