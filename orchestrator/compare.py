@@ -46,14 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.evaluation import registry
 
-# Shown in the printed table (whichever exist), after the selection metric. Rows carry every
-# fid_* / kid_* (controls included) as well.
-TABLE_METRICS = ("fid_inception", "fid_domain", "kid_inception", "kid_domain", "class_hit",
-                 "class_hit_scratch", "chance", "diversity", "mse", "ssim")
-_ROW_METRICS = ("class_hit", "class_hit_scratch", "chance", "diversity", "mse", "ssim")
-_LOWER = ("fid", "kid", "mse", "loss")
-_HIGHER = ("hit", "ssim", "accuracy", "acc", "score")  # score: inception_score, mode_score
+# Shown in the printed table (whichever exist), after the selection metric; rows carry every variant of FID and
+# KID (feature spaces, per class, controls) as well. Both from the metrics' declarations (evaluation/registry.py).
+TABLE_METRICS = registry.table_columns()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="metric that picks the best run (default val_fid_domain: validation classes, best "
                         "value of each run's history; a novel-class metric such as fid_domain selects on test classes)")
     p.add_argument("--mode", choices=("min", "max"), default=None,
-                   help="whether lower or higher --metric is better (default: from its name; "
-                        "fid/kid/mse/loss: min, class_hit/ssim/accuracy: max)")
+                   help="whether lower or higher --metric is better (default: its declared direction in "
+                        "orchestrator/evaluation/registry.py, e.g. fid/kid/mse: min, class_hit/ssim/accuracy/recall: max)")
     p.add_argument("--out", type=Path, default=Path("compare.png"), help="plot PNG (default compare.png)")
     p.add_argument("--pair", nargs=2, action="append", metavar=("RUN_A", "RUN_B"), default=None,
                    help="paired difference RUN_A - RUN_B with its 95%% interval (repeatable; default: the best row "
@@ -90,13 +87,12 @@ def variant_label(method: str, params: dict[str, str]) -> str:
 
 
 def metric_mode(metric: str) -> str | None:
-    """'min' or 'max' from the metric's name (``val_fid_domain`` → min), or None if unknown."""
-    tokens = metric.lower().split("_")
-    if any(t in _LOWER for t in tokens):
-        return "min"
-    if any(t in _HIGHER for t in tokens):
-        return "max"
-    return None
+    """'min' or 'max' from the metric's declaration (``val_fid_domain`` → min, ``val_recall_domain`` → max;
+    ``evaluation.registry``), or None for an undeclared metric or one without a direction (a count, a spread)."""
+    try:
+        return registry.mode(metric)
+    except registry.UnknownMetric:
+        return None
 
 
 def _finite(v: Any) -> float | None:
@@ -233,9 +229,15 @@ def _value(client, run, metric: str, mode: str) -> float | None:
     return (min if mode == "min" else max)(values) if values else None
 
 
+def _row_keys(names) -> list[str]:
+    """The metrics a row carries, of those recorded (``names``): every variant of FID and KID, sorted, then the
+    table's other columns in table order."""
+    return sorted(k for k in names if registry.rides_along(k)) + [k for k in TABLE_METRICS if k in names]
+
+
 def _row_metrics(run, metric: str, value: float | None) -> dict[str, float | None]:
     m = run.data.metrics
-    keys = sorted(k for k in m if k.startswith(("fid_", "kid_"))) + [k for k in _ROW_METRICS if k in m]
+    keys = _row_keys(m)
     return {metric: value, **{k: _finite(m[k]) for k in dict.fromkeys(keys) if k != metric}}
 
 
@@ -265,7 +267,7 @@ def _unit_metrics(unit: _Unit, metric: str, value: float | None,
         return _row_metrics(unit.run, metric, value), {}
     m = unit.run.data.metrics
     names = [k[:-len("_mean")] for k in m if k.endswith("_mean") and f"{k[:-len('_mean')]}_ci_low" in m]
-    keys = sorted(k for k in names if k.startswith(("fid_", "kid_"))) + [k for k in _ROW_METRICS if k in names]
+    keys = _row_keys(names)
     metrics = {metric: value, **{k: _finite(m[f"{k}_mean"]) for k in dict.fromkeys(keys) if k != metric}}
     intervals = {k: [_finite(m[f"{k}_ci_low"]), _finite(m[f"{k}_ci_high"])] for k in keys if k != metric}
     if interval is not None:

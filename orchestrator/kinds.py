@@ -20,6 +20,7 @@ import torch
 import methods
 from methods.base import FewShotClassifier, Method
 from orchestrator.errors import UserError
+from orchestrator.evaluation import registry
 
 
 # ------------------------------------------------------------------------- methods by name ----
@@ -50,9 +51,14 @@ def task_images(cfg: dict[str, Any]) -> int:
 
 
 def higher_is_better(metric: str) -> bool:
-    """Direction of a metric name (``val_`` prefixed or not): accuracy, class hit, IS, Mode Score go up."""
-    return any(k in metric for k in ("class_hit", "accuracy", "inception_score", "mode_score", "recall",
-                                     "coverage", "precision", "density"))
+    """Whether a higher value of ``metric`` (``val_`` prefixed or not) is better, from its declaration
+    (``evaluation.registry``); ``UserError`` for an undeclared metric or one without a direction (a count, a
+    spread), which cannot select a checkpoint."""
+    direction = registry.mode(metric)
+    if direction is None:
+        raise UserError(f"metric {metric!r} has no better direction (it is {registry.spec(metric).meaning}); "
+                        f"select on a metric that has one, e.g. val_fid_domain or val_class_hit")
+    return direction == "max"
 
 
 @dataclass

@@ -27,7 +27,7 @@ from orchestrator import config as config_mod
 from orchestrator import tracking
 from orchestrator.checkpoints import load_checkpoint, save_checkpoint
 from orchestrator.errors import UserError
-from orchestrator.kinds import Aids, Kind, build_method, is_classifier, kind_of, log, method_class
+from orchestrator.kinds import Aids, Kind, build_method, higher_is_better, is_classifier, kind_of, log, method_class
 
 BUDGET_KEYS = ("steps", "budget_minutes")
 
@@ -89,6 +89,8 @@ def prepare(method: str, cfg: dict[str, Any], split_dict: dict | None = None,
     (episodes, generated-image store coverage), and the features / store the run will use."""
     from orchestrator.data import Split, load_dataset, make_split
 
+    if cfg["select_metric"] != "last":
+        higher_is_better(cfg["select_metric"])  # UserError now for a metric that cannot select, not after training
     ds = load_dataset(cfg["dataset"], cfg["data_root"] or None, image_size=int(cfg["image_size"]),
                       channels=int(cfg["channels"]))
     if split_dict is not None:

@@ -3,7 +3,8 @@
 File format (YAML)::
 
     metric: val_fid_domain      # required; a validation metric reported during training (val_*)
-    mode: min                   # optional; min or max (default: what the metric means, FID min, class_hit max)
+    mode: min                   # optional; min or max (default: the metric's declared direction,
+                                #   orchestrator/evaluation/registry.py: FID min, class_hit max)
     params:                     # required; at least one searched hyperparameter of the method
       inner_lr:    {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
       gp_weight:   {distribution: uniform, low: 1.0, high: 20.0}
@@ -33,6 +34,7 @@ from typing import Any
 
 from orchestrator import config as config_mod
 from orchestrator.errors import UserError
+from orchestrator.evaluation import registry
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _TOP_KEYS = {"metric", "mode", "params", "fixed"}
@@ -170,9 +172,15 @@ def parse(data: Any, path: str | Path, method_defaults: dict[str, Any]) -> Searc
     if not metric.startswith("val_"):
         raise UserError(f"{path}: metric: {metric!r} is not reported during training; use a validation "
                         f"metric (val_fid_domain, val_class_hit, ...): novel classes never select")
-    from orchestrator.kinds import higher_is_better
-
-    natural = "max" if higher_is_better(metric) else "min"
+    try:
+        natural = registry.mode(metric)
+    except registry.UnknownMetric:
+        raise UserError(f"{path}: metric: {metric!r} is not a declared metric; use one the kind reports during "
+                        f"training (val_fid_domain, val_class_hit, val_accuracy, ...) or declare it in "
+                        f"orchestrator/evaluation/registry.py") from None
+    if natural is None:
+        raise UserError(f"{path}: metric: {metric} has no better direction ({registry.spec(metric).meaning}); "
+                        f"optimise a metric that has one (val_fid_domain, val_class_hit, val_accuracy, ...)")
     mode = data.get("mode", natural)
     if mode not in ("min", "max"):
         raise UserError(f"{path}: mode: {mode!r} is not min or max")

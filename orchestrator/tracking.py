@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.evaluation import registry
 
 DEFAULT_EXPERIMENT = "fewshot-generation"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr readable
@@ -171,9 +172,9 @@ def log_step_image(uri: str, run_id: str, path: Path, step: int) -> None:
 
 
 NOTE_TAG = "mlflow.note.content"  # the run's Description in MLflow's UI (markdown)
-# The protocol's headline metrics and their controls (orchestrator.evaluation.protocol), in the order a note shows them.
-NOTE_HEADLINES = ("class_hit", "fid_domain", "fid_inception", "kid_domain", "kid_inception", "diversity", "accuracy")
-NOTE_CONTROLS = ("_unadapted", "_scratch", "_shots", "_real")
+# The headline metrics and their controls, in the order a note shows them: from the metrics' declarations.
+NOTE_HEADLINES = registry.note_headlines()
+NOTE_CONTROLS = registry.CONTROLS
 NOTE_BUDGET = ("meta_steps", "train_seconds", "tasks_seen", "images_seen")
 
 

@@ -52,43 +52,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CI", "PairedCI", "bootstrap_ci", "metric_bounds", "paired_difference_ci", "summarize_seeds"]
+from orchestrator.evaluation import registry
 
-# The range each protocol metric can take, by name (the control suffixes _real/_scratch/_shots/_unadapted and
-# _computed flags included): an interval is intersected with it in summarize_seeds, so that a share never gets a
-# lower end below 0. Intersecting with the parameter's own range cannot lose coverage (the true value lies in it),
-# unlike clipping to the range of the observed cells, which undoes the expansion above (tests/test_stats.py).
-# Metrics not listed (KID: its unbiased MMD² estimate can be negative; differences) are left as computed.
-_UNIT = (0.0, 1.0)
-_NONNEG = (0.0, math.inf)
-_BOUNDS: list[tuple[str, tuple[float, float]]] = [
-    # shares and probabilities
-    ("class_hit", _UNIT), ("coverage_", _UNIT), ("recall_", _UNIT), ("precision_", _UNIT),
-    ("memorized_share", _UNIT), ("diverged", _UNIT), ("chance", _UNIT), ("accuracy", _UNIT),
-    ("val_accuracy", _UNIT), ("test_accuracy", _UNIT),
-    # distances, counts, ratios of distances, entropies
-    ("fid_", _NONNEG), ("density_", _NONNEG), ("diversity", _NONNEG), ("lpips", _NONNEG), ("mse", _NONNEG),
-    ("shot_distance_ratio", _NONNEG), ("kid_domain_std", _NONNEG), ("mfh_", _NONNEG), ("mode_score", _NONNEG),
-    ("n_", _NONNEG),
-    # exp of an expected KL divergence
-    ("inception_score", (1.0, math.inf)),
-    # structural similarity
-    ("ssim", (-1.0, 1.0)),
-]
+__all__ = ["CI", "PairedCI", "bootstrap_ci", "metric_bounds", "paired_difference_ci", "summarize_seeds"]
 
 
 def metric_bounds(name: str) -> tuple[float, float]:
-    """The range ``(low, high)`` a protocol metric called ``name`` can take; ``(-inf, inf)`` when unknown.
+    """The range ``(low, high)`` a recorded metric called ``name`` can take; ``(-inf, inf)`` when undeclared.
 
-    Matched on the name's start (``recall_domain_shots`` -> recall, in [0, 1]; ``fid_domain_per_class`` -> FID,
-    >= 0; ``inception_score_domain`` -> >= 1). KID (an unbiased MMD² estimate, negative when the two sets are
-    closer than the estimator's noise) and anything else not listed are unbounded. Source: ours (the metrics'
-    definitions).
+    Read from the metric's declaration (``evaluation.registry``): ``recall_domain_shots`` -> [0, 1];
+    ``fid_domain_per_class`` -> >= 0; ``inception_score_domain`` -> >= 1; KID (an unbiased MMD² estimate,
+    negative when the two sets are closer than the estimator's noise) is unbounded; a ``_computed`` flag is in
+    [0, 1]. :func:`summarize_seeds` intersects an interval with it, so that a share never gets a lower end
+    below 0: intersecting with the parameter's own range cannot lose coverage (the true value lies in it),
+    unlike clipping to the range of the observed cells, which undoes the expansion above (tests/test_stats.py).
+    Undeclared names (a test double's diagnostics) are left as computed.
     """
-    for prefix, bounds in _BOUNDS:
-        if name.startswith(prefix):
-            return bounds
-    return (-math.inf, math.inf)
+    try:
+        return registry.bounds(name)
+    except registry.UnknownMetric:
+        return (-math.inf, math.inf)
 
 
 class CI(tuple):
