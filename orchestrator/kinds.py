@@ -56,7 +56,7 @@ def higher_is_better(metric: str) -> bool:
     spread), which cannot select a checkpoint."""
     direction = registry.mode(metric)
     if direction is None:
-        raise UserError(f"metric {metric!r} has no better direction (it is {registry.spec(metric).meaning}); "
+        raise UserError(f"metric {metric!r} has no better direction ({registry.spec(metric).meaning}); "
                         f"select on a metric that has one, e.g. val_fid_domain or val_class_hit")
     return direction == "max"
 
