@@ -38,7 +38,7 @@ __all__ = ["CONTROLS", "FEATURES", "KINDS", "Metric", "MetricName", "UnknownMetr
 
 FEATURES = ("domain", "inception")  # feature spaces of the generator protocol, in display order
 # Controls scored on the same classes, shots and seeds as the method (evaluation/protocol.py), in display order;
-# "_augmented" is the classifier's control with generated images (issue 21).
+# "_augmented": the shots under classic seeded augmentation, the bar a few-shot generator should clear (issue 21).
 CONTROLS = ("_unadapted", "_scratch", "_shots", "_real", "_augmented")
 KINDS = ("generator", "classifier")
 REPLICATE_SUFFIXES = ("_mean", "_ci_low", "_ci_high")
@@ -302,3 +302,6 @@ register(Metric("mtgan_diagnostics", (r"mtgan_[a-z0-9_]+?",), None, _NONNEG,
 
 # ------------------------------------------------------------------ new declarations go here ----
 # One register(Metric(...)) per metric, beside its function in evaluation/metrics.py (docs/adding_a_method.md).
+# A derived figure such as a lift over a control (class_hit_lift = class_hit - class_hit_scratch) or the share of
+# the gap between two controls that the method closes is a metric of its own: declare it here with its range and
+# direction (a name ending in a control suffix would be read as that control of its stem).
