@@ -63,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="metric that picks the best run (default val_fid_domain: validation classes, best "
                         "value of each run's history; a novel-class metric such as fid_domain selects on test classes)")
     p.add_argument("--mode", choices=("min", "max"), default=None,
-                   help="whether lower or higher --metric is better (default: its declared direction in "
-                        "orchestrator/evaluation/registry.py, e.g. fid/kid/mse: min, class_hit/ssim/accuracy/recall: max)")
+                   help="whether lower or higher --metric is better (default: its declared direction, "
+                        "evaluation/registry.py: fid/kid/mse min, class_hit/ssim/accuracy/recall max)")
     p.add_argument("--out", type=Path, default=Path("compare.png"), help="plot PNG (default compare.png)")
     p.add_argument("--pair", nargs=2, action="append", metavar=("RUN_A", "RUN_B"), default=None,
                    help="paired difference RUN_A - RUN_B with its 95%% interval (repeatable; default: the best row "

@@ -72,7 +72,8 @@ def dom(digits, tmp_path_factory):
 @pytest.fixture(scope="module")
 def alexnet(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    state = {k: v for k, v in torchvision.models.alexnet(weights=None).state_dict().items() if k.startswith("features.")}
+    state = {k: v for k, v in torchvision.models.alexnet(weights=None).state_dict().items()
+             if k.startswith("features.")}
     path = tmp_path_factory.mktemp("lpips") / "alexnet-features.pth"
     torch.save(state, path)
     return path
@@ -97,8 +98,8 @@ def test_every_metric_the_generator_protocol_emits_is_declared(digits, dom, alex
     res = evaluate_generator(RealImages(ds), lambda: noise, ds, split.novel, dom, shots=2, n_generate=8, seed=1,
                              progress=False, lpips=LpipsDiversity(alexnet))
     m = res.metrics
-    assert {"fid_domain_computed", "ssim_shots", "lpips_diversity_real", "inception_score_domain_real", "mode_score_domain_shots",
-            "kid_domain_std_scratch", "recall_domain_real", "diverged_unadapted"} <= set(m)
+    assert {"fid_domain_computed", "ssim_shots", "lpips_diversity_real", "inception_score_domain_real",
+            "mode_score_domain_shots", "kid_domain_std_scratch", "recall_domain_real", "diverged_unadapted"} <= set(m)
     _assert_declared(m, "generator")
     _assert_declared(res.per_class, "generator")
     # the cheap path of checkpoint selection, as GeneratorKind.validate records it (val_ prefixed)

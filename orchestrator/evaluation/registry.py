@@ -91,8 +91,8 @@ class Metric:
 
     def names(self) -> tuple[str, ...]:
         """The recorded stems of the literal templates, features expanded in :data:`FEATURES` order."""
-        return tuple(t.replace("{feature}", f) for t in self.templates for f in (FEATURES if "{feature}" in t else ("",))
-                     if re.fullmatch(r"[a-z0-9_{}]+", t))
+        literal = [t for t in self.templates if re.fullmatch(r"[a-z0-9_{}]+", t)]
+        return tuple(t.replace("{feature}", f) for t in literal for f in (FEATURES if "{feature}" in t else ("",)))
 
     def headline_names(self) -> tuple[str, ...]:
         """The recorded stems of the first template (``fid_domain``, ``fid_inception``: not ``_per_class``)."""
