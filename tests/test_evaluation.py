@@ -335,7 +335,11 @@ def test_shots_control_scores_as_a_copy_real_images_do_not(held_out_eval):
     # repeating 4 images covers almost none of the reals and recalls none of them
     assert m["memorized_share_shots"] == 1.0 and res.per_class["memorized_share_shots"] == [1.0] * len(classes)
     assert m["recall_domain_shots"] < 0.05 and m["coverage_domain_shots"] < 0.3
-    assert m["shot_distance_ratio_shots"] == 0.0
+    # A copy's nearest-shot distance is 0 up to rounding, not exactly: its float32 features come from another batch
+    # (kernels may sum in another order per batch position: ~1e-7 of the feature norm) and the float64 expansion
+    # |x|^2 - 2 x.s + |s|^2 leaves sqrt(~u64 |x|^2) ~ 1e-8 |x|. Relative to the reals' median distance (the
+    # denominator, a sizable share of |x|) that is far below 1e-4; a non-copy scores ~1 (asserted below).
+    assert 0.0 <= m["shot_distance_ratio_shots"] < 1e-4
     # real images: at the rule's nominal rate (k/(n+1), about 5%), high recall and coverage
     assert m["memorized_share_real"] == pytest.approx(m["memorized_nominal"], abs=0.01) and m["memorized_nominal"] < 0.06
     assert m["recall_domain_real"] > 0.85 and m["coverage_domain_real"] > 0.85
