@@ -22,6 +22,8 @@ from methods.base import Task
 from methods.figr import FIGR
 from methods.nets import batched_critic, batched_generator, build_nets
 
+pytestmark = pytest.mark.numerical  # float results of CPU kernels: .ci/run runs these under two kernel families
+
 SHAPE = (1, 16, 16)  # the smallest size the nets take: keeps the float64 (non-MKLDNN) convolutions fast
 SMALL = {"width": 4, "inner_steps": 2, "adapt_steps": 2}
 
