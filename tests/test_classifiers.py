@@ -187,6 +187,7 @@ def test_train_metairnet_on_omniglot_logs_accuracy_and_interval(data_root, omnig
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.slow  # a whole train run; the classifier path end to end is the metairnet run above
 def test_backbone_flags_train_protonet_on_resnet18_with_local_weights(data_root, tmp_path, ray_local, capsys):
     import torchvision
 

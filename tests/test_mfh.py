@@ -608,6 +608,7 @@ def test_bad_method_option_is_a_user_error_before_any_run(store, capsys):
     assert len(tracking.client(store).search_runs([exp])) == before
 
 
+@pytest.mark.slow  # a whole sweep; the sweep record is test_sweep's, mfh's training the run above
 def test_default_space_sweep_is_a_parent_with_two_children(store, capsys):
     from orchestrator import search_space, sweep
 

@@ -302,6 +302,7 @@ def test_adapt_fits_heads_on_the_shots_and_leaves_the_meta_model(digits):
 
 
 # ------------------------------------------------------------------ the CLI through every phase
+@pytest.mark.slow  # a whole train run; phases and checkpoint unit-tested above, the CLI in test_train
 def test_cli_train_goes_through_both_phases_and_reports_mode_score(tmp_path, ray_local, capsys):
     import json
 

@@ -220,6 +220,7 @@ def test_registered_and_bad_options(digits):
         Transfer(TINY, (1, 28, 30), "cpu", 10)
 
 
+@pytest.mark.slow  # a whole train run; pretraining and adapt unit-tested above, the CLI in test_train
 def test_cli_train_infogan_reports_the_protocol_and_mode_score(tmp_path, ray_local, capsys):
     import json
 
