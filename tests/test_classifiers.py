@@ -22,6 +22,7 @@ from orchestrator.cli import main
 TINY = {"width": 8, "n_way": 3, "queries": 2}
 
 
+@pytest.mark.numerical
 def test_protonet_probabilities_match_eq6_by_hand():
     support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [4.0, 0.0]])  # class 0: (0,0); class 1: mean (3,0)
     labels = torch.tensor([0, 0, 1, 1])  # class 0 prototype (1, 0); class 1 prototype (2, 1)
@@ -37,6 +38,7 @@ def test_protonet_probabilities_match_eq6_by_hand():
     assert sq[0].tolist() == pytest.approx([-1.0, -5.0])  # Snell's / the authors' squared variant
 
 
+@pytest.mark.numerical
 def test_fusion_weights_are_a_3x3_block_map_mixing_cell_by_cell():
     torch.manual_seed(0)
     enc = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 4))  # noqa: E731
@@ -58,6 +60,7 @@ def test_fusion_weights_are_a_3x3_block_map_mixing_cell_by_cell():
                                   + (1 - wc) * gen[:, :, r0:r1, c0:c1])
 
 
+@pytest.mark.numerical
 def test_ci95_is_1_96_std_over_root_episodes():
     accs = [1.0, 0.5, 0.75, 0.25, 0.5]
     mean, ci = classify.mean_ci95(accs)
@@ -74,6 +77,7 @@ def _episode(seed: int, generated: bool = True) -> Episode:
                    generated=gen)
 
 
+@pytest.mark.numerical
 def test_metairnet_trains_the_fusion_net_through_the_classifier_loss():
     torch.manual_seed(0)
     model = MetaIRNet({**TINY, "augment": "generated,flip"}, (1, 16, 16))
@@ -109,6 +113,7 @@ def test_store_gives_each_support_image_its_own_variants(tmp_path):
     assert torch.equal(drawn, store.draw(np.array([[9], [3]]), n_aug=2, seed=1))
 
 
+@pytest.mark.numerical
 def test_pregenerate_from_a_generator_run_uses_adapt_and_sample():
     import methods
 
@@ -182,6 +187,7 @@ def test_train_metairnet_on_omniglot_logs_accuracy_and_interval(data_root, omnig
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.slow  # a whole train run; the classifier path end to end is the metairnet run above
 def test_backbone_flags_train_protonet_on_resnet18_with_local_weights(data_root, tmp_path, ray_local, capsys):
     import torchvision
 

@@ -34,6 +34,7 @@ def dom(digits, tmp_path_factory):
 
 # ------------------------------------------------------------------------------ metrics ------
 
+@pytest.mark.numerical
 def test_fid_zero_on_itself_and_grows_with_mean_shift():
     x = np.random.default_rng(0).normal(size=(400, 16))
     assert abs(fid(x, x)) < 1e-6
@@ -42,6 +43,7 @@ def test_fid_zero_on_itself_and_grows_with_mean_shift():
     np.testing.assert_allclose(shifts, [16 * 0.25, 16 * 1.0, 16 * 4.0], rtol=1e-6)
 
 
+@pytest.mark.numerical
 def test_kid_unbiased_near_zero_on_halves_positive_when_shifted():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(600, 32))
@@ -58,6 +60,7 @@ def test_kid_unbiased_near_zero_on_halves_positive_when_shifted():
                                                                              rel=0.15)
 
 
+@pytest.mark.numerical
 def test_diversity_and_class_hit_by_hand():
     a = np.array([[0.0, 0.0], [3.0, 4.0]])  # one pair, distance 5
     b = np.array([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0]])  # distances 1, 2, 1 -> 4/3
@@ -67,6 +70,7 @@ def test_diversity_and_class_hit_by_hand():
     assert class_hit(gen, cents) == pytest.approx(3 / 5)
 
 
+@pytest.mark.numerical
 def test_mse_ssim_nearest_real(digits):
     ds, split = digits
     reals = ds.class_images(split.novel[0])
@@ -79,6 +83,7 @@ def test_mse_ssim_nearest_real(digits):
 
 # ------------------------------------------------------------------------------ features -----
 
+@pytest.mark.numerical
 def test_domain_features_trained_once_on_base_only(digits, dom, tmp_path_factory, monkeypatch):
     ds, split = digits
     assert dom.kind == "domain" and dom.dim == 64
@@ -192,6 +197,7 @@ def test_seeded_shots_reproducible(digits):
     assert not np.array_equal(split_shots(ds, c, 4, seed=1)[0], a)
 
 
+@pytest.mark.numerical
 def test_protocol_real_generator_hits_and_controls(digits, dom, tmp_path):
     ds, split = digits
     classes = split.val + split.novel
@@ -239,6 +245,7 @@ def test_protocol_real_generator_hits_and_controls(digits, dom, tmp_path):
     np.testing.assert_equal(again.per_class, res.per_class)
 
 
+@pytest.mark.numerical
 def test_protocol_wrong_class_generator_at_chance_and_cheap_path(digits, dom):
     ds, split = digits
     classes = split.val + split.novel
@@ -277,6 +284,7 @@ def test_method_diagnostics_get_the_protocols_shots_and_land_in_the_result(digit
     assert [p.name for p in paths] == ["grid.png", "shots_strip_x.png"] and all(p.stat().st_size > 100 for p in paths)
 
 
+@pytest.mark.numerical
 def test_protocol_inception_and_mode_score_from_the_base_classifier(digits, dom):
     """MT-GAN's metrics (eq. 2-3) from the domain classifier's softmax, pooled: reals of the class score like the
     reals; one class's images for every class (wrong marginal) lose Mode Score relative to their Inception Score."""
@@ -328,6 +336,7 @@ def held_out_eval(digits, dom):
                                        progress=False)
 
 
+@pytest.mark.numerical
 def test_shots_control_scores_as_a_copy_real_images_do_not(held_out_eval):
     classes, res = held_out_eval
     m = res.metrics
@@ -335,7 +344,11 @@ def test_shots_control_scores_as_a_copy_real_images_do_not(held_out_eval):
     # repeating 4 images covers almost none of the reals and recalls none of them
     assert m["memorized_share_shots"] == 1.0 and res.per_class["memorized_share_shots"] == [1.0] * len(classes)
     assert m["recall_domain_shots"] < 0.05 and m["coverage_domain_shots"] < 0.3
-    assert m["shot_distance_ratio_shots"] == 0.0
+    # A copy's nearest-shot distance is 0 up to rounding, not exactly: its float32 features come from another batch
+    # (kernels may sum in another order per batch position: ~1e-7 of the feature norm) and the float64 expansion
+    # |x|^2 - 2 x.s + |s|^2 leaves sqrt(~u64 |x|^2) ~ 1e-8 |x|. Relative to the reals' median distance (the
+    # denominator, a sizable share of |x|) that is far below 1e-4; a non-copy scores ~1 (asserted below).
+    assert 0.0 <= m["shot_distance_ratio_shots"] < 1e-4
     # real images: at the rule's nominal rate (k/(n+1), about 5%), high recall and coverage
     assert m["memorized_share_real"] == pytest.approx(m["memorized_nominal"], abs=0.01) and m["memorized_nominal"] < 0.06
     assert m["recall_domain_real"] > 0.85 and m["coverage_domain_real"] > 0.85
@@ -348,6 +361,7 @@ def test_shots_control_scores_as_a_copy_real_images_do_not(held_out_eval):
     assert m["diverged"] == 0 and not res.not_computed
 
 
+@pytest.mark.numerical
 def test_per_class_values_are_listed_in_class_order_and_average_to_the_headline(held_out_eval):
     classes, res = held_out_eval
     m = res.metrics
@@ -366,6 +380,7 @@ def test_per_class_values_are_listed_in_class_order_and_average_to_the_headline(
     assert EvalResult(metrics={}, grid=torch.zeros(1, 1, 2, 2), grid_nrow=1).per_class == {}
 
 
+@pytest.mark.numerical
 def test_real_floor_is_computed_at_the_methods_sample_sizes(digits, dom, held_out_eval):
     """The same-distribution FID falls with the sample size, so the floor must be taken at the method's sizes."""
     ds, split = digits
@@ -380,6 +395,7 @@ def test_real_floor_is_computed_at_the_methods_sample_sizes(digits, dom, held_ou
     assert m["kid_subset_size"] == min(1000, 128 * 3 // 2, int(m["n_reals"]) // 2)
 
 
+@pytest.mark.numerical
 def test_base_statistics_are_the_base_classes_real_feature_moments(digits, dom):
     ds, split = digits
     mu, sd = dom.base_statistics(ds)
@@ -390,6 +406,7 @@ def test_base_statistics_are_the_base_classes_real_feature_moments(digits, dom):
     assert dom.base_classes == split.base
 
 
+@pytest.mark.numerical
 def test_feature_scale_does_not_change_standardised_fid_and_kid(digits, dom):
     """A feature space rescaled by 1000 and shifted (same information) gives the same FID/KID once standardised."""
     from orchestrator.evaluation.features import Features
@@ -428,6 +445,7 @@ class Diverged:
         return x
 
 
+@pytest.mark.numerical
 def test_diverged_model_is_scored_as_failed_not_a_crash(digits, dom):
     ds, split = digits
     classes = split.val + split.novel
@@ -449,6 +467,7 @@ def test_diverged_model_is_scored_as_failed_not_a_crash(digits, dom):
     assert cheap["diverged"] == 1 and np.isnan(cheap["fid_domain"])
 
 
+@pytest.mark.numerical
 def test_too_few_samples_give_not_computed_never_a_degenerate_number(digits, dom):
     ds, split = digits
     classes = split.val + split.novel

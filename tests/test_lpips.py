@@ -28,6 +28,7 @@ def backbone(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.numerical
 def test_copies_are_at_distance_zero_and_distinct_images_are_not(backbone):
     lp = LpipsDiversity(backbone)
     assert lp.net_name == "alex"
@@ -58,6 +59,7 @@ def test_refuses_missing_pickled_and_foreign_files_without_executing_them(tmp_pa
         LpipsDiversity(other)
 
 
+@pytest.mark.numerical
 def test_protocol_reports_lpips_for_the_method_and_its_controls(backbone, tmp_path):
     ds = load_dataset("digits", image_size=32, channels=1)
     split = make_split(ds, seed=0)

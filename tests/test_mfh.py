@@ -63,6 +63,7 @@ def test_registered_with_paper_defaults_and_several_classes_per_step():
 
 
 # ------------------------------------------------------------------ addressing (eq. 3-4) and the VQ ablation
+@pytest.mark.numerical
 def test_gumbel_address_is_one_hot_forward_with_the_soft_gradient_and_reads_pi_dot_m():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 6, generator=g, requires_grad=True)
@@ -82,6 +83,7 @@ def test_gumbel_address_is_one_hot_forward_with_the_soft_gradient_and_reads_pi_d
     assert set(gm.abs().sum(1).nonzero().flatten().tolist()) == set(idx.tolist())
 
 
+@pytest.mark.numerical
 def test_kmeans_address_nearest_slot_and_vq_stop_gradients():
     f = torch.tensor([[0.0, 0.0], [2.0, 2.1], [0.9, -0.2]], requires_grad=True)
     memory = torch.tensor([[1.0, 0.0], [2.0, 2.0], [-1.0, 0.0], [0.1, 0.1]], requires_grad=True)
@@ -104,6 +106,7 @@ def test_kmeans_address_nearest_slot_and_vq_stop_gradients():
     assert (gm is None or gm.abs().max() == 0) and torch.equal(gf, w)
 
 
+@pytest.mark.numerical
 def test_kmeans_model_moves_memory_only_by_the_codebook_rule():
     m = make(addressing="kmeans")
     assert m.net.R is None  # no addresser: nearest-slot addressing
@@ -149,6 +152,7 @@ def test_kmeans_records_the_slots_it_addressed_during_training():
     assert "slot_used" not in make().net.state_dict()  # gumbel: no record
 
 
+@pytest.mark.numerical
 def test_kmeans_never_samples_an_unaddressed_slot():
     m = make(addressing="kmeans")
     used = [1, 4]
@@ -182,6 +186,7 @@ def test_kmeans_never_samples_an_unaddressed_slot():
     assert set(m.adapt(shot, seed=0).slot_indices(9, 1).tolist()) == {3}
 
 
+@pytest.mark.numerical
 def test_kmeans_training_pair_reads_only_recorded_or_own_slots():
     m = make(addressing="kmeans", shots=2)
     _mark(m, [0, 5])
@@ -208,21 +213,32 @@ def test_kmeans_training_pair_reads_only_recorded_or_own_slots():
     assert set(m.net.slot_used.nonzero().flatten().tolist()) == {0, 5} | set(own.flatten().tolist())
 
 
+@pytest.mark.numerical
 def test_gumbel_sampling_is_unchanged_by_the_usage_record():
     """Checksums computed with the code before the kmeans usage record existed (same seeds)."""
     m = make()
     for s in range(2):
         m.meta_train_step(tasks(4, seed0=10 * s))
-    assert float(sum(p.detach().double().sum() for p in m.parameters())) == pytest.approx(22.900407660425117, rel=1e-6)
+    # The checksums are sums of float32 values whose last bits depend on the CPU's kernels (another order of
+    # the convolutions' sums), and the sums cancel (22.9 from |p| summing to ~2700), so each is compared to
+    # within the rounding of its terms, not of its result: 2**-24 of sum |p| for parameters each off by about
+    # one rounding unit, and n * 2**-24 of sum |x| for images whose last sums have n terms (the final
+    # convolution's fan-in; Higham's gamma_n). A changed draw or update moves the checksums far more.
+    params = [p.detach().double() for p in m.parameters()]
+    u = 2.0 ** -24
+    assert float(sum(p.sum() for p in params)) == pytest.approx(22.900407660425117,
+                                                              abs=u * float(sum(p.abs().sum() for p in params)))
     shot = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(5)) * 2 - 1
     sampler = m.adapt(shot, seed=3)
     assert sampler.slot_indices(20, 7).tolist() == [3, 0, 1, 5, 2, 4, 3, 0, 5, 4, 2, 1, 4, 2, 1, 3, 0, 5, 4, 2]
-    x = sampler.sample(20, seed=7)
-    assert float(x.double().sum()) == pytest.approx(-515.5481148663675, rel=1e-6)
-    assert float(x.double().abs().sum()) == pytest.approx(1223.447872537421, rel=1e-6)
+    x = sampler.sample(20, seed=7).double()
+    tol = m.ema.G.final.weight[0].numel() * u * float(x.abs().sum())
+    assert float(x.sum()) == pytest.approx(-515.5481148663675, abs=tol)
+    assert float(x.abs().sum()) == pytest.approx(1223.447872537421, abs=tol)
     assert m.ema.slot_used is None and torch.equal(m.usable_slots(), torch.arange(6))
 
 
+@pytest.mark.numerical
 def test_kmeans_usage_record_survives_state_dict_and_old_checkpoints_keep_every_slot():
     a = make(addressing="kmeans")
     a.meta_train_step(tasks(4, seed0=1))
@@ -245,6 +261,7 @@ def test_kmeans_usage_record_survives_state_dict_and_old_checkpoints_keep_every_
 
 
 # ------------------------------------------------------------------ losses (eq. 9, 10)
+@pytest.mark.numerical
 def test_diversity_loss_is_a_per_pair_hinge_on_mean_l1():
     xa = torch.tensor([[[[0.0, 0.5], [1.0, -1.0]]], [[[0.2, 0.2], [0.2, 0.2]]]], requires_grad=True)
     xb = torch.tensor([[[[0.0, 0.0], [1.0, 0.0]]], [[[0.2, 0.2], [0.2, 0.3]]]])
@@ -259,6 +276,7 @@ def test_diversity_loss_is_a_per_pair_hinge_on_mean_l1():
     assert pairwise_l1(torch.stack([xa[0], xb[0]]).detach()) == pytest.approx(d[0])
 
 
+@pytest.mark.numerical
 def test_balance_kl_zero_at_uniform_log_n_at_one_hot_and_by_hand():
     assert balance_kl(torch.full((7,), 1 / 7)).item() == pytest.approx(0, abs=1e-7)
     assert balance_kl(torch.eye(4)[1]).item() == pytest.approx(math.log(4), rel=1e-6)
@@ -269,6 +287,7 @@ def test_balance_kl_zero_at_uniform_log_n_at_one_hot_and_by_hand():
 
 
 # ------------------------------------------------------------------ generator: CI below the split, CR above
+@pytest.mark.numerical
 @pytest.mark.parametrize("side,expect_ci", [(16, 2), (32, 2), (64, 3), (128, 3)])
 def test_adain_takes_ci_in_the_first_half_and_cr_in_the_second(side, expect_ci):
     assert ci_layers(side) == expect_ci  # 128: 4, 8, 16 take CI; 32 and up CR (the paper's split)
@@ -304,6 +323,7 @@ def test_adain_takes_ci_in_the_first_half_and_cr_in_the_second(side, expect_ci):
 
 
 # ------------------------------------------------------------------ training step and data parallelism
+@pytest.mark.numerical
 def test_meta_step_moves_every_part_deterministically_without_global_rng():
     torch.manual_seed(1234)
     state = torch.get_rng_state()
@@ -361,6 +381,7 @@ def _workers(models: list[MFH], task_lists: list[list[Task]], steps: int) -> Non
         raise errors[0]
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("over", [{}, {"addressing": "kmeans", "shots": 2}])
 def test_two_workers_equal_one_worker_with_both_halves(over):
     steps = [tasks(4, n=over.get("shots", 1), seed0=10 * s) for s in range(2)]
@@ -383,6 +404,7 @@ def test_two_workers_equal_one_worker_with_both_halves(over):
     assert max_diff(params_of(alone), params_of(one)) > 1e-4  # without the all-reduce it differs
 
 
+@pytest.mark.numerical
 def test_diversity_switch_removes_exactly_the_margin_term():
     ts = tasks(4)
 
@@ -398,6 +420,7 @@ def test_diversity_switch_removes_exactly_the_margin_term():
 
 
 # ------------------------------------------------------------------ inference
+@pytest.mark.numerical
 def test_adapt_encodes_the_shots_without_fine_tuning_and_depends_on_the_class():
     m = make()
     m.meta_train_step(tasks(4))
@@ -433,6 +456,7 @@ def test_adapt_encodes_the_shots_without_fine_tuning_and_depends_on_the_class():
         m.adapt(shot_a, seed=0, steps=-1)
 
 
+@pytest.mark.numerical
 def test_state_dict_round_trip_continues_identically():
     a = make()
     a.meta_train_step(tasks(4, seed0=1))
@@ -450,6 +474,7 @@ def test_state_dict_round_trip_continues_identically():
         make(memory_size=7).load_state_dict(a.state_dict())
 
 
+@pytest.mark.numerical
 def test_diagnostics_memory_usage_diversity_and_figures():
     m = make()
     m.meta_train_step(tasks(4))
@@ -583,6 +608,7 @@ def test_bad_method_option_is_a_user_error_before_any_run(store, capsys):
     assert len(tracking.client(store).search_runs([exp])) == before
 
 
+@pytest.mark.slow  # a whole sweep; the sweep record is test_sweep's, mfh's training the run above
 def test_default_space_sweep_is_a_parent_with_two_children(store, capsys):
     from orchestrator import search_space, sweep
 

@@ -77,6 +77,7 @@ def paired_syncs():
 
 
 # ------------------------------------------------------------------ eq. 4-7 on hand-checked tensors
+@pytest.mark.numerical
 def test_discriminator_and_generator_losses_match_eq_4_to_7_by_hand():
     # N = 2 real classes + "fake" (index 2); two real images (labels 0, 1), two fakes asked for 1, 0
     real = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -105,6 +106,7 @@ def test_discriminator_and_generator_losses_match_eq_4_to_7_by_hand():
         g_loss(fake, y_fake, "wasserstein")
 
 
+@pytest.mark.numerical
 def test_mode_score_and_inception_score_by_hand():
     # two confident, different predictions: IS = exp(ln 2) = 2
     p = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -127,6 +129,7 @@ def test_mode_score_and_inception_score_by_hand():
 
 
 # ------------------------------------------------------------------ nets
+@pytest.mark.numerical
 @pytest.mark.parametrize("granularity, n", [("channel", 6), ("layer", 1)])
 def test_ss_conv_at_init_is_the_plain_convolution_bit_for_bit(granularity, n):
     conv = SSConv2d(3, 6, 5, granularity)
@@ -158,6 +161,7 @@ def test_registered_with_defaults_and_bad_options(digits):
 
 
 # ------------------------------------------------------------------ phases
+@pytest.mark.numerical
 def test_pretraining_trains_convs_and_fc_then_meta_training_only_ss_and_heads(digits):
     ds, _, sampler = digits
     m = make(ds, pretrain_steps=1)
@@ -189,6 +193,7 @@ def test_pretraining_trains_convs_and_fc_then_meta_training_only_ss_and_heads(di
     assert all(torch.equal(a, b) for a, b in zip(n.frozen_params(), convs1))  # same pre-training
 
 
+@pytest.mark.numerical
 def test_nm_cf_are_the_eq12_average_of_the_task_fitted_heads(digits):
     ds, _, sampler = digits
     m = make(ds, pretrain_steps=0, inner_steps=3)
@@ -222,6 +227,7 @@ def test_support_and_query_split_and_ways_by_first_appearance(digits):
     assert sup_y.tolist() == [0, 0, 1, 1, 0, 0] and qry_y.tolist() == sup_y.tolist()  # a repeated class keeps its way
 
 
+@pytest.mark.numerical
 def test_checkpoint_mid_phase_resumes_identically_through_the_switch(digits):
     ds, _, sampler = digits
     a = make(ds, pretrain_steps=2)
@@ -242,6 +248,7 @@ def test_checkpoint_mid_phase_resumes_identically_through_the_switch(digits):
         make(ds, width=8).load_state_dict(state)
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("phase", [1, 2])
 def test_two_workers_equal_one_worker_with_twice_the_tasks(digits, phase):
     ds, _, sampler = digits
@@ -270,6 +277,7 @@ def test_two_workers_equal_one_worker_with_twice_the_tasks(digits, phase):
 
 
 # ------------------------------------------------------------------ phase 3
+@pytest.mark.numerical
 def test_adapt_fits_heads_on_the_shots_and_leaves_the_meta_model(digits):
     ds, split, sampler = digits
     m = make(ds)
@@ -294,6 +302,7 @@ def test_adapt_fits_heads_on_the_shots_and_leaves_the_meta_model(digits):
 
 
 # ------------------------------------------------------------------ the CLI through every phase
+@pytest.mark.slow  # a whole train run; phases and checkpoint unit-tested above, the CLI in test_train
 def test_cli_train_goes_through_both_phases_and_reports_mode_score(tmp_path, ray_local, capsys):
     import json
 

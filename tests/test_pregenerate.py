@@ -29,6 +29,7 @@ def biggan_dir(tmp_path_factory) -> Path:
     return save_tiny_biggan(tmp_path_factory.mktemp("biggan"))
 
 
+@pytest.mark.numerical
 def test_earth_mover_is_zero_for_r_sorted_and_grows_with_a_shift():
     r = torch.randn(1, 64, generator=torch.Generator().manual_seed(0))
     z = r.reshape(-1).sort().values.flip(0).reshape(1, -1)  # r's values, another order
@@ -38,6 +39,7 @@ def test_earth_mover_is_zero_for_r_sorted_and_grows_with_a_shift():
     assert earth_mover(torch.zeros(1, 64), r).item() > 0.5  # a point mass is far from N(0, 1)
 
 
+@pytest.mark.numerical
 def test_fit_changes_only_z_and_the_scale_shift_layers(biggan_dir):
     torch.manual_seed(0)
     G = load_biggan(biggan_dir)
@@ -56,6 +58,7 @@ def test_fit_changes_only_z_and_the_scale_shift_layers(biggan_dir):
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
 
 
+@pytest.mark.numerical
 def test_variants_are_seeded_and_differ_by_index(biggan_dir):
     gan = FinetuneGAN(load_biggan(biggan_dir), {"steps": 2})
     gan.fit(torch.zeros(3, 32, 32), seed=0)
@@ -64,6 +67,7 @@ def test_variants_are_seeded_and_differ_by_index(biggan_dir):
     assert not torch.equal(a[0], a[1]) and a.abs().max() <= 1
 
 
+@pytest.mark.numerical
 def test_perceptual_backbones_feed_the_loss(biggan_dir, tmp_path):
     import torchvision
 

@@ -91,6 +91,7 @@ def test_evaluate_several_eval_seeds_records_each_and_the_interval(replicated, c
     assert code == 0 and one["eval_seed"] == 3 and "fid_domain" in one and "fid_domain_mean" not in one
 
 
+@pytest.mark.slow  # a sweep then two more train runs; replicates are test_train_replicates_three_seeds's
 def test_sweep_replicates_the_best_configuration_under_its_parent(tmp_path, ray_local, capsys):
     """A tiny sweep (one trial) then ``--replicates 2``: the best configuration re-trained with 2 fresh seeds as a
     replicate parent nested under the sweep's parent, which compare shows as the sweep's row."""

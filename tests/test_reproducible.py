@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from orchestrator import tracking
 from orchestrator.cli import main
 
@@ -46,6 +48,7 @@ def _assert_identical(uri: str, first: dict, second: dict, figure: str) -> None:
     assert per_class[0] == per_class[1]
 
 
+@pytest.mark.slow  # two whole train runs; a seeded step's determinism is unit-tested (test_figr, test_mfh)
 def test_same_seed_and_threads_give_identical_generator_metrics(tmp_path, ray_local, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first, second = _train(uri, FIGR, capsys), _train(uri, FIGR, capsys)
@@ -55,6 +58,7 @@ def test_same_seed_and_threads_give_identical_generator_metrics(tmp_path, ray_lo
     _assert_identical(uri, first, second, "novel_samples")
 
 
+@pytest.mark.slow  # three whole train runs
 def test_same_seed_and_threads_give_identical_classifier_metrics(tmp_path, ray_local, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first, second = _train(uri, PROTONET, capsys), _train(uri, PROTONET, capsys)

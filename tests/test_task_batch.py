@@ -22,6 +22,8 @@ from methods.base import Task
 from methods.figr import FIGR
 from methods.nets import batched_critic, batched_generator, build_nets
 
+pytestmark = pytest.mark.numerical  # float results of CPU kernels: .ci/run runs these under two kernel families
+
 SHAPE = (1, 16, 16)  # the smallest size the nets take: keeps the float64 (non-MKLDNN) convolutions fast
 SMALL = {"width": 4, "inner_steps": 2, "adapt_steps": 2}
 
@@ -161,15 +163,24 @@ def test_batched_float32_meta_gradient_matches():
     """The production dtype: one short meta-step (K=1, before rounding grows) agrees to float32 rounding.
 
     The batched convolutions add their terms in another order (grouped, unfold + bmm, channels_last
-    kernels; reductions of thousands of terms), and W = Phi - lr * g is rounded to float32 before
-    Phi - W is taken, so agreement is to ~1e-4 of the largest entry, not bit for bit; float64 above is exact.
+    kernels), and which order depends on the CPU's kernel family (ATEN_CPU_CAPABILITY avx2 / avx512 /
+    default). A conv weight's gradient entry sums n = 2 x 4 x 32 x 32 = 8192 products (through the
+    penalty's double backward, whose terms cancel); a float32 sum of n terms is exact to n * 2**-24 = 5e-4
+    of the sum of their absolute values (Higham's gamma_n), which exceeds the entry itself where terms
+    cancel: the sequential result alone moves by ~1e-3 of the largest entry between kernel families. The
+    bound, 1e-2 of the largest entry, leaves room for that; a real mistake is far larger: one task of the
+    four with another seed moves the meta-gradient by more than 3x the bound (asserted, so the comparison
+    keeps its power). float64 above is exact.
     """
     cfg = {**SMALL, "width": 8, "inner_steps": 1}
     ts = tasks(4, shape=(1, 32, 32))
     _, s_grad, _ = step_recording(FIGR(cfg, (1, 32, 32)), ts)
     _, b_grad, _ = step_recording(FIGR({**cfg, "task_batch": 4}, (1, 32, 32)), ts)
-    scale = max(float(g.abs().max()) for g in s_grad)
-    assert max_diff(s_grad, b_grad) < 1e-3 * scale
+    bound = 1e-2 * max(float(g.abs().max()) for g in s_grad)
+    assert max_diff(s_grad, b_grad) < bound
+    moved = ts[:3] + [Task(ts[3].images, ts[3].label, ts[3].seed + 1)]
+    _, m_grad, _ = step_recording(FIGR(cfg, (1, 32, 32)), moved)
+    assert max_diff(s_grad, m_grad) > 3 * bound
 
 
 def test_batched_images_of_different_sizes_are_batched_separately(float64):

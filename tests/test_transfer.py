@@ -95,6 +95,7 @@ def test_colour_jitter_and_geometry_each_change_pixels(glyphs):
 
 
 # ------------------------------------------------------------------ each baseline end to end
+@pytest.mark.numerical
 @pytest.mark.parametrize("arch", ARCHS)
 def test_each_baseline_pretrains_then_generates_from_k_shots(digits, arch):
     ds, split, sampler = digits
@@ -117,6 +118,7 @@ def test_each_baseline_pretrains_then_generates_from_k_shots(digits, arch):
     assert not torch.equal(x, adapted.sample(6, seed=2))
 
 
+@pytest.mark.numerical
 def test_infogan_mutual_information_term(digits):
     ds, _, sampler = digits
     m = make(ds, arch="infogan", info_cont_weight=0.5)
@@ -140,6 +142,7 @@ def test_infogan_mutual_information_term(digits):
     assert max_diff(list(a.G.parameters()), list(b.G.parameters())) > 0
 
 
+@pytest.mark.numerical
 def test_cdcgan_is_conditioned_on_the_class_and_the_new_class_slot(digits):
     ds, split, sampler = digits
     m = make(ds, arch="cdcgan")
@@ -164,6 +167,7 @@ def test_cdcgan_is_conditioned_on_the_class_and_the_new_class_slot(digits):
         Transfer({**TINY, "arch": "cdcgan"}, ds.image_shape, "cpu", 0)
 
 
+@pytest.mark.numerical
 @pytest.mark.parametrize("arch", ["cdcgan", "infogan"])
 def test_two_workers_equal_one_and_checkpoint_round_trip(digits, arch):
     ds, _, sampler = digits
@@ -216,6 +220,7 @@ def test_registered_and_bad_options(digits):
         Transfer(TINY, (1, 28, 30), "cpu", 10)
 
 
+@pytest.mark.slow  # a whole train run; pretraining and adapt unit-tested above, the CLI in test_train
 def test_cli_train_infogan_reports_the_protocol_and_mode_score(tmp_path, ray_local, capsys):
     import json
 
