@@ -114,6 +114,7 @@ def _dispatch(args: argparse.Namespace) -> dict:
     from orchestrator import pipeline, tracking
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
+    tracking.check_tracking_uri(uri)  # every command, before Ray starts or anything is recorded
     if args.command == "train":
         if not args.method and not args.resume:
             import methods

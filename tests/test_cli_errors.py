@@ -81,3 +81,44 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+BAD_URIS = {  # URI -> words the one line must hold (the problem, then the fix)
+    "sqllite:///x.db": ["unknown scheme 'sqllite'", "sqlite:///x.db", "postgresql:"],
+    "http://127.0.0.1:9": ["no MLflow server answers at http://127.0.0.1:9", "--tracking-uri"],
+    "postgresql://user:secret@127.0.0.1:9/mlflow": ["driver psycopg is not installed", "pip install 'psycopg[binary]'"],
+}
+URI_COMMANDS = {
+    "train": ["train", "figr", "--steps", "2"],
+    "evaluate": ["evaluate", "0123456789abcdef0123456789abcdef"],
+    "generate": ["generate", "0123456789abcdef0123456789abcdef", "--images", "a.png"],
+    "sweep": ["sweep", "figr", "--steps", "2"],
+    "compare": ["compare"],
+    "pregenerate": ["pregenerate", "--out", "rows"],
+}
+
+
+@pytest.mark.parametrize("uri", list(BAD_URIS))
+@pytest.mark.parametrize("command", list(URI_COMMANDS))
+def test_bad_tracking_uri_is_refused_before_anything_starts(command, uri, tmp_path, monkeypatch, capfd):
+    """Issue 22: a typo'd scheme, a server that does not answer, a database driver that is not installed: one
+    line each from every command that takes --tracking-uri, before Ray starts (no local Ray appears) and with
+    nothing written in the working directory (no mlflow.db, no mlruns/, no output)."""
+    import importlib.util
+
+    import ray
+
+    if uri.startswith("postgresql") and importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg is installed here: the missing-driver case cannot be reproduced")
+    monkeypatch.chdir(tmp_path)
+    was_up = ray.is_initialized()
+    capfd.readouterr()
+    code = main([*URI_COMMANDS[command], "--tracking-uri", uri])
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and "secret" not in err
+    for word in BAD_URIS[uri]:
+        assert word in lines[0], (word, lines[0])
+    assert ray.is_initialized() == was_up
+    assert list(tmp_path.iterdir()) == []
