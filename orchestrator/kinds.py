@@ -77,6 +77,9 @@ class Kind:
         """Up-front checks of the data against the config; ``UserError`` on anything a run would trip on."""
         raise NotImplementedError
 
+    def check_new(self, cfg: dict[str, Any], split) -> None:
+        """Checks only a new run's config gets (not a resumed or re-evaluated one, recorded as it was)."""
+
     def aids(self, cfg: dict[str, Any], ds, split, method, inception_weights: str | None = None) -> Aids:
         raise NotImplementedError
 
@@ -118,6 +121,8 @@ class GeneratorKind(Kind):
         check_class_sizes(ds, split.val + split.novel, min_eval_images(int(cfg["shots"])),
                           "evaluation (the shots + at least two real images for FID)")
         lpips_for(cfg)  # a bad --lpips-weights file is refused before the run starts
+
+    def check_new(self, cfg, split) -> None:
         check_val_generate(cfg, len(split.val))
 
     def aids(self, cfg, ds, split, method, inception_weights=None) -> Aids:

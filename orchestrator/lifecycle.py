@@ -109,6 +109,8 @@ def prepare(method: str, cfg: dict[str, Any], split_dict: dict | None = None,
         raise UserError(f"{msg} (fix --image-size/--channels or the --set value)") from None
     kind = kind_of(method)
     kind.check(cfg, ds, split, probe)
+    if split_dict is None:  # a new run (resume and evaluate pass the recorded split: their config is what it was)
+        kind.check_new(cfg, split)
     aids = kind.aids(cfg, ds, split, probe, inception_weights)
     if not quiet:
         log(f"{cfg['dataset']}: {ds.num_classes} classes, {len(ds.labels)} images {ds.image_shape}; split "
