@@ -107,22 +107,6 @@ def world(tmp_path_factory, ray_local):
     other_space.write_text("metric: val_fid_domain\nmode: min\nparams:\n  inner_lr: {distribution: loguniform, "
                            "low: 1.0e-4, high: 1.0e-2}\n")
     five = _folder_dataset(root / "five_per_class", classes=10, per_class=5, rng=rng)
-    # An interrupted sweep's parent run (its sweep.json as sweep._start writes it) whose space file was edited
-    # since: inner_lr's range widened. It has no Tune state, so a resume that gets past the space check stops there.
-    from orchestrator import search_space
-    from orchestrator.kinds import method_class
-
-    edited = files / "edited_space.yaml"
-    edited.write_text(other_space.read_text())
-    sweep_exp = tracking.experiment_id(uri, "interrupted-sweep")
-    sweep_parent = c.create_run(sweep_exp, run_name="sweep-figr-edited",
-                                tags={"sweep_name": "sweep-figr-edited", "sweep_role": "parent", "method": "figr"})
-    c.log_dict(sweep_parent.info.run_id, {
-        "name": "sweep-figr-edited", "method": "figr", "space_file": str(edited),
-        "space": search_space.load(edited, method_class("figr").default_config).to_dict(),
-        "tune_path": str(root / "no-tune-state")}, "sweep.json")
-    c.set_terminated(sweep_parent.info.run_id, "KILLED")
-    edited.write_text(other_space.read_text().replace("high: 1.0e-2", "high: 5.0e-2"))
     return SimpleNamespace(uri=uri, db=db, run=run, running=running, failed=failed, classifier=classifier,
                            no_checkpoint=no_checkpoint, garbage=garbage,
                            good=good, bad_png=str(bad_png), file=str(a_file), missing=str(root / "no-such-folder"),
@@ -267,12 +251,6 @@ CASES: dict[str, tuple] = {
                                   ["sweep-figr-nosuch", "no sweep of that name"]),
     "sweep-resume-changed-space": (lambda w: ["sweep", "figr", "--resume", "sweep-figr-nosuch", "--space",
                                               w.other_space], ["exactly as it was started", "drop --space"]),
-    # issue 22: the space file edited after the sweep started; the resume used the saved space without a word.
-    "sweep-resume-edited-space-file": (lambda w: ["sweep", "figr", "--resume", "sweep-figr-edited"],
-                                       ["edited_space.yaml was edited", "params.inner_lr changed", "--use-saved-space",
-                                        "start a new sweep"]),
-    "sweep-use-saved-space-without-resume": (lambda w: ["sweep", "figr", "--steps", "2", "--use-saved-space"],
-                                             ["--use-saved-space", "--resume NAME"]),
     "sweep-trials-0": (lambda w: ["sweep", "figr", "--steps", "2", "--trials", "0"], ["--trials 0", "at least 1"]),
     # --- compare
     "compare-empty-experiment": (lambda w: ["compare", "--experiment", "empty-experiment", "--out",
@@ -321,22 +299,6 @@ def test_bad_input_is_one_line_exit_2_and_the_store_is_unchanged(case, world, ca
     for table_name, rows in before["tables"].items():
         assert after["tables"][table_name] == rows, f"table {table_name} changed"
     assert list(tmp_path.iterdir()) == []  # and nothing written in the working directory
-
-
-def test_sweep_resume_with_use_saved_space_says_which_space_it_searches(world, capfd, monkeypatch, tmp_path):
-    """With --use-saved-space the edited file is accepted and stderr names the space used (the saved one); this
-    sweep has no Tune state, so the resume then stops with that one line, the store unchanged."""
-    monkeypatch.chdir(tmp_path)
-    before = snapshot(world)
-    capfd.readouterr()
-    code = main(["sweep", "figr", "--resume", "sweep-figr-edited", "--use-saved-space", "--tracking-uri", world.uri])
-    err = capfd.readouterr().err
-    assert code == 2 and "Traceback" not in err, err
-    said = [line for line in err.splitlines() if "search space: the one saved when sweep sweep-figr-edited started, "
-                                                 "not the edited" in line]
-    assert len(said) == 1 and "edited_space.yaml" in said[0] and "params.inner_lr changed" in said[0], err
-    assert err.strip().splitlines()[-1].startswith("error: --resume sweep-figr-edited: no Ray Tune state"), err
-    assert snapshot(world) == before
 
 
 def test_generate_says_how_it_fitted_each_image_that_does_not_match_the_model(world, capfd, monkeypatch, tmp_path):

@@ -122,3 +122,65 @@ def test_bad_tracking_uri_is_refused_before_anything_starts(command, uri, tmp_pa
         assert word in lines[0], (word, lines[0])
     assert ray.is_initialized() == was_up
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture()
+def edited_sweep(tmp_path):
+    """An interrupted sweep's parent run, its sweep.json as sweep._start writes it, whose search-space file was
+    edited since (inner_lr's range widened). It has no Tune state: a resume past the space check stops there."""
+    from orchestrator import search_space
+    from orchestrator.kinds import method_class
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = tmp_path / "edited_space.yaml"
+    space.write_text("metric: val_fid_domain\nmode: min\nparams:\n  inner_lr: {distribution: loguniform, "
+                     "low: 1.0e-4, high: 1.0e-2}\n")
+    c = tracking.client(uri)
+    parent = c.create_run(tracking.experiment_id(uri, "interrupted-sweep"), run_name="sweep-figr-edited",
+                          tags={"sweep_name": "sweep-figr-edited", "sweep_role": "parent", "method": "figr"})
+    c.log_dict(parent.info.run_id, {
+        "name": "sweep-figr-edited", "method": "figr", "space_file": str(space),
+        "space": search_space.load(space, method_class("figr").default_config).to_dict(),
+        "tune_path": str(tmp_path / "no-tune-state")}, "sweep.json")
+    c.set_terminated(parent.info.run_id, "KILLED")
+    space.write_text(space.read_text().replace("high: 1.0e-2", "high: 5.0e-2") + "# edited\n")
+    return uri, parent.info.run_id, space
+
+
+def _record(uri: str, run_id: str):
+    run = tracking.client(uri).get_run(run_id)
+    return run.info.status, run.data.params, run.data.tags, run.data.metrics
+
+
+@pytest.mark.parametrize("accept", [False, True], ids=["refused", "use-saved-space"])
+def test_sweep_resume_after_its_space_file_was_edited(edited_sweep, accept, capfd, monkeypatch, tmp_path):
+    """Issue 22: sweep --resume used the saved space without a word after the space file was edited. Now it is
+    refused in one line naming the file, what changed and --use-saved-space; with --use-saved-space stderr says
+    which space it searches (here the resume then stops at the missing Tune state). Nothing is recorded."""
+    uri, parent, space = edited_sweep
+    before = _record(uri, parent)
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    code = main(["sweep", "figr", "--resume", "sweep-figr-edited", *(["--use-saved-space"] if accept else []),
+                 "--tracking-uri", uri])
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err and lines[-1].startswith("error: "), err
+    if accept:
+        said = [line for line in lines if "search space: the one saved when sweep sweep-figr-edited started, not "
+                                          f"the edited {space} (params.inner_lr changed)" in line]
+        assert len(said) == 1, err
+        assert lines[-1].startswith("error: --resume sweep-figr-edited: no Ray Tune state"), err
+    else:
+        assert len([line for line in lines if line.startswith("error:")]) == 1, err
+        for words in (str(space), "was edited since the sweep started", "params.inner_lr changed",
+                      "--use-saved-space", "start a new sweep"):
+            assert words in lines[-1], (words, lines[-1])
+    assert _record(uri, parent) == before
+
+
+def test_sweep_use_saved_space_goes_with_resume(capfd, tmp_path):
+    code = main(["sweep", "figr", "--steps", "2", "--use-saved-space", "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'm.db'}"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--use-saved-space" in err and "--resume NAME" in err, err
