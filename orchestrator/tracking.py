@@ -56,6 +56,10 @@ def check_tracking_uri(uri: str) -> None:
       one is named with the pip package that provides it.
     ``sqlite:///`` folders are checked when the store is opened (``client``). Nothing is written.
     """
+    from urllib.parse import urlparse
+
+    if urlparse(uri).scheme in ("sqlite", "file", "") or len(urlparse(uri).scheme) == 1:  # a local store (or path;
+        return  # a drive letter is a path): nothing to probe, and no MLflow import on the way to the command
     from mlflow.store.db.db_types import DATABASE_ENGINES
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
     from mlflow.utils.uri import get_uri_scheme
