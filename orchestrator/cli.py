@@ -80,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
                         "metrics and the mean and 95%% interval over seeds and classes")
     e.add_argument("--n-generate", type=int, help="images generated per novel class (default 128)")
     e.add_argument("--inception-weights")
+    e.add_argument("--data-root", help="the folder the run's dataset moved to (checked against the digests it recorded)")
     _common(e)
 
     g = sub.add_parser("generate", help="adapt a trained run on your images and write new ones")
@@ -114,6 +115,7 @@ def _dispatch(args: argparse.Namespace) -> dict:
     from orchestrator import pipeline, tracking
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
+    tracking.check_tracking_uri(uri)  # every command, before Ray starts or anything is recorded
     if args.command == "train":
         if not args.method and not args.resume:
             import methods
@@ -153,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> dict:
                                   inception_weights=args.inception_weights, resume=args.resume)
     if args.command == "evaluate":
         return pipeline.run_evaluate(args.run_id, uri=uri, seed=args.eval_seed, n_generate=args.n_generate,
-                                     inception_weights=args.inception_weights)
+                                     inception_weights=args.inception_weights, data_root=args.data_root)
     if args.command == "sweep":
         from orchestrator import sweep
 

@@ -83,6 +83,9 @@ class Kind:
         """Up-front checks of the data against the config; ``UserError`` on anything a run would trip on."""
         raise NotImplementedError
 
+    def check_new(self, cfg: dict[str, Any], split) -> None:
+        """Checks only a new run's config gets (not a resumed or re-evaluated one, recorded as it was)."""
+
     def aids(self, cfg: dict[str, Any], ds, split, method, inception_weights: str | None = None) -> Aids:
         raise NotImplementedError
 
@@ -124,6 +127,9 @@ class GeneratorKind(Kind):
         check_class_sizes(ds, split.val + split.novel, min_eval_images(int(cfg["shots"])),
                           "evaluation (the shots + at least two real images for FID)")
         lpips_for(cfg)  # a bad --lpips-weights file is refused before the run starts
+
+    def check_new(self, cfg, split) -> None:
+        check_val_generate(cfg, len(split.val))
 
     def aids(self, cfg, ds, split, method, inception_weights=None) -> Aids:
         val = features_for(ds, split, None, domain_only=True)
@@ -257,6 +263,35 @@ def _lpips_scorer(path: str, mtime_ns: int | None, size: int | None):
     from orchestrator.evaluation.lpips_diversity import LpipsDiversity
 
     return LpipsDiversity(path)
+
+
+def check_val_generate(cfg: dict[str, Any], n_val_classes: int) -> None:
+    """Refuse a ``val_generate`` too small for the checkpoint-selection metric to ever be computed.
+
+    Validation always scores in the domain feature space (``GeneratorKind.aids``), of
+    ``orchestrator.evaluation.features.DOMAIN_DIM`` dimensions, and FID needs more samples than dimensions
+    (``orchestrator.evaluation.metrics.fid``). So with ``select_metric`` ``val_fid_domain`` (pooled over the
+    ``n_val_classes`` validation classes) ``val_generate * n_val_classes`` must exceed that dimension, and with
+    ``val_fid_domain_per_class`` ``val_generate`` itself must; other selection metrics (``last``, class_hit,
+    KID ...) need no more than the 2 images already required. Raises ``UserError`` naming the smallest value
+    that works; without this check every validation score is NaN and the selection (or a sweep's "best
+    trial") has nothing to choose by.
+    """
+    from orchestrator.evaluation.features import DOMAIN_DIM
+
+    metric, n = str(cfg["select_metric"]), int(cfg["val_generate"])
+    if not metric.startswith("val_fid_domain"):
+        return
+    per_class = metric.endswith("_per_class")
+    pooled = n if per_class else n * max(1, n_val_classes)
+    if pooled > DOMAIN_DIM:
+        return
+    smallest = DOMAIN_DIM + 1 if per_class else DOMAIN_DIM // max(1, n_val_classes) + 1
+    where = ("per validation class" if per_class else "over the validation class" if n_val_classes == 1
+             else f"over the {n_val_classes} validation classes")
+    raise UserError(f"--set val_generate={n}: select_metric {metric} is FID in {DOMAIN_DIM}-d domain features, which "
+                    f"needs more than {DOMAIN_DIM} generated images {where} ({pooled} here): pass --set "
+                    f"val_generate={smallest} or more (or --set select_metric=last)")
 
 
 def features_for(ds, split, inception_weights: str | None, domain_only: bool = False):

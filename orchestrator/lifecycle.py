@@ -83,10 +83,14 @@ def finish_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare(method: str, cfg: dict[str, Any], split_dict: dict | None = None,
-            inception_weights: str | None = None, quiet: bool = False) -> Prepared:
+            inception_weights: str | None = None, quiet: bool = False,
+            check_data: Callable[[Prepared], None] | None = None) -> Prepared:
     """The one pre-start validation every command calls: dataset and data root, split, class sizes, the
     method built with the resolved config (a value it refuses is a ``UserError``), the kind's own checks
-    (episodes, generated-image store coverage), and the features / store the run will use."""
+    (episodes, generated-image store coverage), and the features / store the run will use.
+
+    ``check_data`` (e.g. ``check_same_data``) sees the loaded data and split (kind and aids None) before any of
+    the rest, so refused data costs no feature-network training."""
     from orchestrator.data import Split, load_dataset, make_split
 
     if cfg["select_metric"] != "last":
@@ -98,6 +102,8 @@ def prepare(method: str, cfg: dict[str, Any], split_dict: dict | None = None,
     else:
         split = make_split(ds, seed=int(cfg["split_seed"]), n_val=int(cfg["n_val"]) or None,
                            n_novel=int(cfg["n_novel"]) or None)
+    if check_data is not None:
+        check_data(Prepared(method, cfg, ds, split, None, None))
     try:
         probe = build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
     except (ValueError, FileNotFoundError) as err:
@@ -105,6 +111,8 @@ def prepare(method: str, cfg: dict[str, Any], split_dict: dict | None = None,
         raise UserError(f"{msg} (fix --image-size/--channels or the --set value)") from None
     kind = kind_of(method)
     kind.check(cfg, ds, split, probe)
+    if split_dict is None:  # a new run (resume and evaluate pass the recorded split: their config is what it was)
+        kind.check_new(cfg, split)
     aids = kind.aids(cfg, ds, split, probe, inception_weights)
     if not quiet:
         log(f"{cfg['dataset']}: {ds.num_classes} classes, {len(ds.labels)} images {ds.image_shape}; split "
@@ -244,25 +252,58 @@ def open_run(uri: str, experiment: str, name: str, prep: Prepared, tags: dict[st
 def log_data_input(uri: str, run_id: str, prep: Prepared, context: str) -> None:
     """The classes a run trains on (``context="training"``: base) or is scored on (``"evaluation"``: novel) as an
     MLflow dataset input: name ``<dataset>/<base|novel>``, the data root as source, split seed, image size and a
-    digest (sha256 of the part's uint8 images, labels and class names, already in memory: no extra read)."""
+    digest (``data_digest``: sha256 of the part's uint8 images, labels and class names, already in memory)."""
+    cfg, split = prep.cfg, prep.split
+    part = "base" if context == "training" else "novel"
+    classes = [int(c) for c in getattr(split, part)]
+    digest, idx = data_digest(prep, part)
+    loader = "sklearn.datasets.load_digits" if cfg["dataset"] == "digits" else f"orchestrator.data.load_dataset({cfg['dataset']!r})"
+    tracking.log_dataset(uri, run_id, name=f"{cfg['dataset']}/{part}", root=cfg.get("data_root") or None,
+                         digest=digest, context=context, profile={
+                             "dataset": cfg["dataset"], "part": part, "classes": len(classes), "images": int(len(idx)),
+                             "split_seed": int(split.seed), "image_size": int(cfg["image_size"]),
+                             "channels": int(cfg["channels"]), "data_root": cfg.get("data_root") or "", "loader": loader})
+
+
+def data_digest(prep: Prepared, part: str) -> tuple[str, Any]:
+    """The content digest of one split part (``"base"``, ``"val"`` or ``"novel"``) of the loaded data, as
+    ``log_data_input`` records it: the first 16 hex digits of sha256 over the dataset name, the part's class names,
+    its images (uint8 as loaded at the run's image size and channels) and labels; and the part's image indices
+    (int64 numpy array).
+    The images are already in memory: nothing is read again."""
     import hashlib
     import json
 
     import numpy as np
 
-    cfg, ds, split = prep.cfg, prep.ds, prep.split
-    part = "base" if context == "training" else "novel"
+    ds, split = prep.ds, prep.split
     classes = [int(c) for c in getattr(split, part)]
     idx = np.concatenate([ds.class_indices(c) for c in classes]) if classes else np.zeros(0, dtype=np.int64)
-    h = hashlib.sha256(json.dumps([cfg["dataset"], [split.class_names[c] for c in classes]]).encode())
+    h = hashlib.sha256(json.dumps([prep.cfg["dataset"], [split.class_names[c] for c in classes]]).encode())
     h.update(ds.images[torch.as_tensor(idx, dtype=torch.long)].numpy().tobytes())
     h.update(np.asarray(ds.labels[idx], dtype=np.int64).tobytes())
-    loader = "sklearn.datasets.load_digits" if cfg["dataset"] == "digits" else f"orchestrator.data.load_dataset({cfg['dataset']!r})"
-    tracking.log_dataset(uri, run_id, name=f"{cfg['dataset']}/{part}", root=cfg.get("data_root") or None,
-                         digest=h.hexdigest()[:16], context=context, profile={
-                             "dataset": cfg["dataset"], "part": part, "classes": len(classes), "images": int(len(idx)),
-                             "split_seed": int(split.seed), "image_size": int(cfg["image_size"]),
-                             "channels": int(cfg["channels"]), "data_root": cfg.get("data_root") or "", "loader": loader})
+    return h.hexdigest()[:16], idx
+
+
+def check_same_data(uri: str, run_id: str, prep: Prepared, flag: str = "--data-root") -> int:
+    """Refuse data that is not what run ``run_id`` recorded: each dataset input the run logged (``log_data_input``:
+    ``<dataset>/base`` for training, ``<dataset>/novel`` for evaluation) is recomputed on ``prep``'s data with
+    ``data_digest`` and compared. Raises ``UserError`` naming the part, the recorded and the found digest. Returns
+    how many parts were compared (0: the run recorded no digest, e.g. recorded before datasets were logged)."""
+    run = tracking.get_run(uri, run_id)
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    compared = 0
+    for name, recorded in sorted({i.dataset.name: i.dataset.digest for i in inputs}.items()):
+        dataset, _, part = name.rpartition("/")
+        if dataset != prep.cfg["dataset"] or part not in ("base", "val", "novel"):
+            continue
+        found, _ = data_digest(prep, part)
+        if found != recorded:
+            raise UserError(f"{flag} {prep.cfg['data_root']}: its {part} classes are not the data run {run_id} "
+                            f"recorded (digest {found}, recorded {recorded}): pass the folder that holds the run's "
+                            f"{prep.cfg['dataset']} data, unchanged")
+        compared += 1
+    return compared
 
 
 def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storage: str, scale: Scale,

@@ -76,8 +76,11 @@ def _resume(run_id: str, overrides: dict[str, Any], sets: list[str], *, scale: S
 
 
 def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_generate: int | None,
-                 inception_weights: str | None) -> dict[str, Any]:
+                 inception_weights: str | None, data_root: str | None = None) -> dict[str, Any]:
     """Re-run the protocol on a finished train run's novel classes; recorded as a child run of it.
+
+    ``data_root``: the folder the run's dataset moved to (``--data-root``); it must hold the same data, checked by
+    the digests the run recorded (``lifecycle.check_same_data``), and the child run records the new root.
 
     ``seed``: one evaluation seed (default: the run's ``eval_seed``), or a list of several: then the child run
     holds each seed's metrics (``<metric>_seed<s>``) and the mean and 95% interval over seeds and classes
@@ -91,7 +94,15 @@ def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_gener
     n_generate = int(cfg["n_generate"]) if n_generate is None else n_generate
     if n_generate < 2:
         raise UserError(f"--n-generate {n_generate}: FID needs at least 2 images per class")
-    prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights)
+    if data_root is not None:
+        cfg = lifecycle.finish_config({**cfg, "data_root": data_root})
+
+    def same_data(loaded: lifecycle.Prepared) -> None:
+        if not lifecycle.check_same_data(uri, run_id, loaded):
+            log(f"run {run_id} recorded no dataset digest: {cfg['data_root']} cannot be checked to hold its data")
+
+    prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights,
+                             check_data=same_data if data_root is not None else None)
     parent = tracking.get_run(uri, run_id)
     experiment = tracking.client(uri).get_experiment(parent.info.experiment_id).name
     several = len(seeds) > 1
@@ -136,6 +147,12 @@ def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path,
     # One loader for datasets and user images: transparency on the run's dataset background, any Pillow mode.
     shots = load_images(images, int(cfg["image_size"]), int(cfg["channels"]),
                         background=dataset_background(cfg["dataset"]))
+    from orchestrator.data.images import fit_description
+
+    for path in images:  # never silently: one line per image that had to be resized, cropped or converted
+        note = fit_description(path, int(cfg["image_size"]), int(cfg["channels"]), dataset_background(cfg["dataset"]))
+        if note:
+            log(note)
     import tempfile
 
     import torch

@@ -91,6 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=None, help="MLflow experiment name")
     p.add_argument("--max-failures", type=int, default=1, help="worker failures each trial survives")
     p.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep (its name is printed at start)")
+    p.add_argument("--use-saved-space", action="store_true",
+                   help="with --resume: continue with the search space saved when the sweep started although its "
+                        "file was edited since (without it, an edited file is refused)")
     p.add_argument("--replicates", type=int, default=1,
                    help="after the search, re-train the best configuration with N fresh seeds as Tune trials under "
                         "the sweep's parent run (a replicate parent with each metric's mean and 95%% interval)")
@@ -296,6 +299,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
 
     if not args.method:
         raise UserError(f"which method? e.g. python -m orchestrator sweep figr ({', '.join(methods.available())})")
+    if getattr(args, "use_saved_space", False):
+        raise UserError("--use-saved-space continues an interrupted sweep: pass it with --resume NAME")
     cls = method_class(args.method)
     trials = DEFAULT_TRIALS if args.trials is None else args.trials
     _validate_scale(trials, args.concurrency, args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
@@ -391,6 +396,7 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     sweep = tracking.load_json_artifact(uri, parent_run.info.run_id, "sweep.json")
     if args.method and args.method != sweep["method"]:
         raise UserError(f"--resume {args.resume}: that sweep searches {sweep['method']}, not {args.method}")
+    _check_saved_space(sweep, args.resume, getattr(args, "use_saved_space", False))
     from ray import tune
 
     if not tune.Tuner.can_restore(sweep["tune_path"]):
@@ -410,6 +416,38 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
             import ray
 
             ray.shutdown()
+
+
+def _check_saved_space(sweep: dict[str, Any], name: str, use_saved: bool) -> None:
+    """A resumed sweep searches the space saved in its ``sweep.json`` (Tune's and Optuna's restored state were
+    built on it). If the file it was read from (``sweep["space_file"]``) now parses to a different space, refuse
+    (``UserError``) unless ``use_saved`` (``--use-saved-space``); say on stderr which space is used whenever the
+    file is not the saved space (edited and accepted, or gone). Comments and formatting do not count: the parsed
+    spaces are compared; a file edited into an invalid space counts as changed."""
+    from orchestrator import search_space
+
+    defaults = _method_defaults(sweep["method"])
+    saved = search_space.parse(sweep["space"], sweep["space_file"], defaults).to_dict()
+    path = Path(sweep["space_file"])
+    if not path.is_file():  # gone (or another working directory): the saved space is the only one there is
+        _log(f"search space: the one saved when sweep {name} started (its file {path} is not there now)")
+        return
+    try:
+        now = search_space.load(path, defaults).to_dict()
+    except UserError:  # edited into a space that no longer validates
+        keys = ["it is no longer a valid search space"]
+    else:
+        if json.dumps(now, sort_keys=True, default=str) == json.dumps(saved, sort_keys=True, default=str):
+            return
+        sp, np_ = saved.get("params", {}), now.get("params", {})
+        keys = sorted(f"params.{k}" for k in {**sp, **np_} if sp.get(k) != np_.get(k))
+        keys += sorted(k for k in {**saved, **now} if k != "params" and saved.get(k) != now.get(k))
+        keys = [f"{', '.join(keys)} changed"]
+    if not use_saved:
+        raise UserError(f"--resume {name}: {path} was edited since the sweep started ({keys[0]}); "
+                        f"a resumed sweep searches the space it started with: add --use-saved-space to continue with "
+                        f"that one, or start a new sweep to search the edited file")
+    _log(f"search space: the one saved when sweep {name} started, not the edited {path} ({keys[0]})")
 
 
 def _ensure_ray(address: str | None) -> bool:

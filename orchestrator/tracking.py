@@ -39,6 +39,72 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+# The Python module each SQL database URI's default SQLAlchemy driver imports -> the pip package that provides it.
+_DB_DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+                       "pymysql": "PyMySQL", "pyodbc": "pyodbc", "pymssql": "pymssql"}
+PROBE_TIMEOUT_S = 5  # connect and read timeout of the one request that checks an HTTP tracking server answers
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse a tracking URI that cannot work, before Ray starts or anything is recorded (``UserError``, one line).
+
+    - the scheme is not one MLflow's tracking-store registry knows (a typo such as ``sqllite:///``): the
+      accepted schemes are read from that registry (plugins included);
+    - ``http(s)://``: one ``GET <uri>/health`` (MLflow server's liveness endpoint) with a
+      ``PROBE_TIMEOUT_S`` connect/read timeout and no retries; any HTTP answer counts as a server (a proxy may
+      serve ``/health`` elsewhere), no answer at all (refused, unresolvable, timed out) is refused;
+    - a SQL database (``postgresql``, ``mysql``, ``mssql``): the SQLAlchemy driver module must import; a missing
+      one is named with the pip package that provides it.
+    ``sqlite:///`` folders are checked when the store is opened (``client``). Nothing is written.
+    """
+    from urllib.parse import urlparse
+
+    if urlparse(uri).scheme in ("sqlite", "file", "") or len(urlparse(uri).scheme) == 1:  # a local store (or path;
+        return  # a drive letter is a path): nothing to probe, and no MLflow import on the way to the command
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    from mlflow.utils.uri import get_uri_scheme
+
+    schemes = sorted(s for s in _tracking_store_registry._registry if s)  # "" is a plain local path
+    scheme = uri if uri in {"databricks", "databricks-uc", "uc"} else get_uri_scheme(uri)
+    if scheme not in _tracking_store_registry._registry:
+        import difflib
+
+        close = difflib.get_close_matches(scheme.lower(), schemes, n=1)
+        hint = f" (did you mean {close[0]}{uri[len(scheme):]}?)" if close else ""
+        raise UserError(f"tracking URI {uri}: unknown scheme {scheme!r}{hint}; use one of "
+                        f"{', '.join(s + ':' for s in schemes)} or a local folder (a local store: "
+                        f"sqlite:///PATH/mlflow.db)")
+    if scheme in ("http", "https"):
+        import requests
+
+        url = uri.rstrip("/") + "/health"
+        try:
+            requests.get(url, timeout=(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S), allow_redirects=False)
+        except requests.RequestException as err:
+            why = type(err).__name__ if not isinstance(err, requests.ConnectionError) else "connection failed"
+            if isinstance(err, requests.Timeout):
+                why = f"no answer within {PROBE_TIMEOUT_S} s"
+            raise UserError(f"no MLflow server answers at {uri} ({why} on GET {url}): start it (mlflow server "
+                            f"--host HOST --port PORT) or pass another --tracking-uri") from None
+    elif scheme in DATABASE_ENGINES and scheme != "sqlite":
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(uri)
+            shown = url.render_as_string(hide_password=True)  # the line may end up in a shared log
+            url.get_dialect().import_dbapi()
+        except ModuleNotFoundError as err:
+            module = (err.name or "").split(".")[0]
+            package = _DB_DRIVER_PACKAGES.get(module, module)
+            raise UserError(f"tracking URI {shown}: its database driver {module} is not installed; "
+                            f"pip install '{package}' (or name an installed driver, e.g. {scheme}+DRIVER://...)") from None
+        except (ArgumentError, NoSuchModuleError) as err:
+            raise UserError(f"tracking URI {scheme}://...: {str(err).splitlines()[0]}; fix the URI or pass another "
+                            f"--tracking-uri") from None
+
+
 def client(uri: str):
     """An ``MlflowClient`` for ``uri``; a new SQLite store is initialised once, under a file lock.
 

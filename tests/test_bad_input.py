@@ -193,6 +193,15 @@ CASES: dict[str, tuple] = {
     "train-tracking-folder-missing": (
         lambda w: ["train", "figr", "--steps", "2", *FAST, "--tracking-uri", f"sqlite:///{w.missing}/mlflow.db"],
         ["does not exist", "--tracking-uri"]),
+    # --- issue 22: validation FID in 64-d domain features needs more than 64 generated images (digits has one
+    # validation class): val_generate=8 used to be accepted, every val_fid_domain was NaN and nothing was selected.
+    "train-val-generate-too-small-for-fid": (lambda w: ["train", "figr", "--steps", "2", "--set", "val_generate=8"],
+                                             ["val_generate=8", "64-d", "val_generate=65", "select_metric=last"]),
+    "sweep-val-generate-too-small-for-fid": (lambda w: ["sweep", "figr", "--steps", "2", "--set", "val_generate=8"],
+                                             ["val_generate=8", "val_generate=65"]),
+    "train-val-generate-too-small-per-class-fid": (
+        lambda w: ["train", "figr", "--steps", "2", "--set", "val_generate=64",
+                   "--set", "select_metric=val_fid_domain_per_class"], ["val_generate=64", "val_generate=65"]),
     # --- --lpips-weights: a missing file, a file that is not a weights-only state dict, a classifier
     "train-lpips-weights-missing": (lambda w: ["train", "figr", "--steps", "2", "--lpips-weights", w.missing],
                                     ["--lpips-weights", "no such file", "alexnet"]),
@@ -290,6 +299,85 @@ def test_bad_input_is_one_line_exit_2_and_the_store_is_unchanged(case, world, ca
     for table_name, rows in before["tables"].items():
         assert after["tables"][table_name] == rows, f"table {table_name} changed"
     assert list(tmp_path.iterdir()) == []  # and nothing written in the working directory
+
+
+def test_generate_says_how_it_fitted_each_image_that_does_not_match_the_model(world, capfd, monkeypatch, tmp_path):
+    """Issue 22: a 300x200 RGB photo for the run's 32x32 grayscale model was centre-cropped and converted without
+    a word. Now one stderr line per image that does not match (not an error: exit 0), none for one that does."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(photo)  # 300 wide, 200 high
+    exact = _png(tmp_path / "exact.png", rng, size=32)  # already 32x32 grayscale
+    capfd.readouterr()
+    code = main(["generate", world.run, "--images", str(photo), str(exact), world.good[0], "--n", "4",
+                 "--out", str(tmp_path / "grid.png"), "--tracking-uri", world.uri])
+    err = capfd.readouterr().err
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "does not match the model's 32x32 grayscale input" in line]
+    assert len(said) == 2, err  # the photo and the 16x16 shot; not the exact one
+    (on_photo,) = [line for line in said if str(photo) in line]
+    for words in ("300x200 RGB", "resized to 48x32", "centre-cropped to 32x32", "16 columns (8 left, 8 right)",
+                  "converted from RGB to grayscale"):
+        assert words in on_photo, (words, on_photo)
+    (on_shot,) = [line for line in said if world.good[0] in line]
+    assert "16x16 L" in on_shot and "resized to 32x32" in on_shot and "converted" not in on_shot
+    assert not any(str(exact) in line for line in said)
+
+
+def test_evaluate_data_root_after_the_dataset_moved(tmp_path, ray_local, capfd, monkeypatch):
+    """Issue 22: a folder dataset moved after training. evaluate said "pass --data-root" but took no --data-root.
+    Now: without it, one line naming --data-root; with a folder whose novel classes differ, one line naming both
+    digests, nothing recorded; with the moved folder, the evaluation runs and its child run records the new root.
+    generate reads no dataset (the run's model and the user's images only): it works after the move as it is."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import tracking
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(2)
+    data = _folder_dataset(tmp_path / "data", classes=10, per_class=12, rng=rng)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["train", "figr", "--steps", "2", *FAST, "--dataset", "folder", "--data-root", str(data),
+                 "--tracking-uri", uri, "--experiment", "moved"]) == 0
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("moved").experiment_id
+    (trained,) = c.search_runs([exp])
+    run = trained.info.run_id
+    recorded = {i.dataset.name: i.dataset.digest for i in trained.inputs.dataset_inputs}
+    novel = tracking.load_json_artifact(uri, run, "split.json")
+    novel_class = novel["class_names"][novel["novel"][0]]
+    moved = tmp_path / "moved"
+    data.rename(moved)
+
+    def refused(argv: list[str]) -> str:
+        runs = len(c.search_runs([exp]))
+        capfd.readouterr()
+        code = main([*argv, "--tracking-uri", uri])
+        err = capfd.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and "Traceback" not in err and lines[-1].startswith("error: "), err
+        assert len(c.search_runs([exp])) == runs
+        return lines[-1]
+
+    line = refused(["evaluate", run])
+    assert "does not exist" in line and "--data-root" in line, line
+    changed = tmp_path / "changed"
+    shutil.copytree(moved, changed)
+    _png(changed / novel_class / "0.png", rng)  # one novel-class image differs
+    line = refused(["evaluate", run, "--data-root", str(changed)])
+    assert "novel classes" in line and recorded["folder/novel"] in line and "digest" in line, line
+    assert line.count("digest") == 1 and line.split("(digest ")[1].split(",")[0] != recorded["folder/novel"], line
+
+    assert main(["evaluate", run, "--data-root", str(moved), "--n-generate", "8", "--tracking-uri", uri]) == 0
+    (child,) = c.search_runs([exp], f"tags.evaluates = '{run}'")
+    assert child.info.status == "FINISHED" and child.data.params["data_root"] == str(moved.resolve())
+    assert {i.dataset.name: i.dataset.digest for i in child.inputs.dataset_inputs}["folder/novel"] \
+        == recorded["folder/novel"]
+    assert main(["generate", run, "--images", str(moved / novel_class / "1.png"), "--n", "4",
+                 "--out", str(tmp_path / "g.png"), "--tracking-uri", uri]) == 0
 
 
 def test_there_are_at_least_25_cases():

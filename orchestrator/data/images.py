@@ -256,6 +256,50 @@ def _pixels_in(e: BaseException) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def resize_crop_plan(w: int, h: int, image_size: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """What :func:`square_array` does to a ``w`` x ``h`` image (pixels): the size its shorter side is resized to
+    ``image_size`` at (``(width, height)``, torchvision ``Resize(int)``'s rounding down) and the centre-crop box
+    ``(left, top, right, bottom)`` in that resized image (torchvision ``CenterCrop``'s offsets)."""
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(image_size * long / short)
+    size = (image_size, new_long) if w <= h else (new_long, image_size)
+    top, left = int(round((size[1] - image_size) / 2.0)), int(round((size[0] - image_size) / 2.0))
+    return size, (left, top, left + image_size, top + image_size)
+
+
+def fit_description(path: str | Path, image_size: int, channels: int, background: str = "white") -> str | None:
+    """One line saying how :func:`load_image` fits the file at ``path`` to a model's ``channels`` x ``image_size``
+    x ``image_size`` input (resize, centre crop with what it cut, mode conversion, transparency), or None when
+    the file already matches. Reads the header only; call it after :func:`load_image` accepted the file."""
+    from PIL import Image
+
+    with Image.open(Path(path).expanduser()) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112) in (5, 6, 7, 8):  # read_model_image's exif_transpose turns these a quarter
+            w, h = h, w
+        mode = im.mode
+        transparent = mode in _ALPHA_MODES or (mode in ("L", "P", "RGB") and _has_transparency(im))
+    want = "L" if channels == 1 else "RGB"
+    steps = []
+    if (w, h) != (image_size, image_size):
+        size, (left, top, right, bottom) = resize_crop_plan(w, h, image_size)
+        if size != (w, h):
+            steps.append(f"resized to {size[0]}x{size[1]} (bilinear, aspect kept)")
+        cut = ([f"{size[0] - image_size} columns ({left} left, {size[0] - right} right)"] if size[0] > image_size
+               else []) + ([f"{size[1] - image_size} rows ({top} top, {size[1] - bottom} bottom)"]
+                           if size[1] > image_size else [])
+        if cut:
+            steps.append(f"centre-cropped to {image_size}x{image_size} (cut {' and '.join(cut)})")
+    if transparent:
+        steps.append(f"transparency composited on {check_background(background)}")
+    if mode != want:
+        steps.append(f"converted from {mode} to {'grayscale (L)' if want == 'L' else 'RGB'}")
+    if not steps:
+        return None
+    model = f"{image_size}x{image_size} {'grayscale' if channels == 1 else 'RGB'}"
+    return f"image {path} ({w}x{h} {mode}) does not match the model's {model} input: {', '.join(steps)}"
+
+
 def square_array(im: "Image.Image", image_size: int, crop: bool = True) -> np.ndarray:
     """``"L"``/``"RGB"`` image -> uint8 ``[C, image_size, image_size]`` (C = 1 or 3).
 
@@ -268,14 +312,10 @@ def square_array(im: "Image.Image", image_size: int, crop: bool = True) -> np.nd
     w, h = im.size
     if crop:
         if (w, h) != (image_size, image_size):
-            short, long = (w, h) if w <= h else (h, w)
-            new_long = int(image_size * long / short)
-            size = (image_size, new_long) if w <= h else (new_long, image_size)
+            size, box = resize_crop_plan(w, h, image_size)
             if size != (w, h):
                 im = im.resize(size, Image.BILINEAR)
-            w, h = im.size
-            top, left = int(round((h - image_size) / 2.0)), int(round((w - image_size) / 2.0))
-            im = im.crop((left, top, left + image_size, top + image_size))
+            im = im.crop(box)
     elif (w, h) != (image_size, image_size):
         im = im.resize((image_size, image_size), Image.BILINEAR)
     a = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
