@@ -304,6 +304,10 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         tracking.set_tags(uri, run_id, {"selected_step": str(int(saved["step"]))})
         tracking.end_run(uri, run_id, "FINISHED")
     except BaseException as err:
+        from orchestrator.interrupt import Interrupted
+
+        if isinstance(err, Interrupted):  # preempted or Ctrl-C: a normal end, continued by the resume
+            raise err.with_message(interrupted_line(uri, run_id, err, resume_hint)) from None
         closed = _end_quietly(uri, run_id, on_failure)
         from orchestrator.recorder import store_failure
 
@@ -311,13 +315,36 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         if why:  # the store, not the run, failed: one line, and the resume that finishes the run once it is back
             raise UserError(f"{why}; run {run_id} is {on_failure if closed else 'left RUNNING'}: once that is fixed, "
                             f"finish it with "
-                            f"{resume_hint or f'python -m orchestrator train --resume {run_id} --tracking-uri {uri}'}"
+                            f"{resume_command(uri, run_id, resume_hint)}"
                             ) from None
         raise
     budget = {k: float(v) for k, v in (result.metrics or {}).items()
               if k in ("meta_steps", "tasks_seen", "images_seen", "train_seconds", "eval_seconds")}
     return {"run_id": run_id, "method": prep.method, "dataset": cfg["dataset"], "selected_step": int(saved["step"]),
             **budget, **out}
+
+
+def resume_command(uri: str, run_id: str, resume_hint: str | None = None) -> str:
+    """The command that finishes run ``run_id`` (``resume_hint`` when the caller has its own, e.g. a sweep's)."""
+    return resume_hint or f"python -m orchestrator train --resume {run_id} --tracking-uri {uri}"
+
+
+def interrupted_line(uri: str, run_id: str, err, resume_hint: str | None = None) -> str:
+    """Mark ``run_id`` interrupted (status KILLED, tag ``fsig.interrupted=true``) and return the one line saying so
+    and how to continue. ``err``: the ``interrupt.Interrupted`` that stopped it. Store errors are reported in the line,
+    not raised (the store may be what is failing)."""
+    from orchestrator.interrupt import TAG
+    from orchestrator.recorder import recorded_through
+
+    closed = _end_quietly(uri, run_id, "KILLED")
+    try:
+        tracking.set_tags(uri, run_id, {TAG: "true"})
+        through = f", recorded through step {recorded_through(uri, run_id)}"
+    except Exception as store_err:  # noqa: BLE001 - the line must still come out
+        through = f" (the store took no tag: {store_err.__class__.__name__})"
+    state = "KILLED" if closed else "left RUNNING"
+    return (f"interrupted by {err.signal_name}: run {run_id} is {state} ({TAG}=true){through}; "
+            f"continue it with {resume_command(uri, run_id, resume_hint)}")
 
 
 def _end_quietly(uri: str, run_id: str, status: str) -> bool:
@@ -344,7 +371,7 @@ def evaluate_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_
     own = seed == int(prep.cfg["eval_seed"]) and not metric_suffix
     record_evaluation(uri, run_id, result, int(saved["step"]), prep.kind.figure if own
                       else f"{Path(prep.kind.figure).stem}_seed{seed}.png", metric_suffix=metric_suffix)
-    tracking.log_metrics(uri, run_id, {f"test_eval_seconds{metric_suffix}": seconds}, int(saved["step"]))
+    log_metrics_once(uri, run_id, {f"test_eval_seconds{metric_suffix}": seconds}, int(saved["step"]))
     tracking.set_tags(uri, run_id, {"threads_eval": str(torch.get_num_threads())})
     log_data_input(uri, run_id, prep, "evaluation")
     tracking.describe_run(uri, run_id)
@@ -371,17 +398,31 @@ def evaluate_seeds_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str
         evaluations.append(tracking.load_json_artifact(
             uri, run_id, f"per_class_{Path(prep.kind.figure).stem}_seed{seed}.json"))
     summary = summarize_seeds(evaluations)
-    tracking.log_metrics(uri, run_id, {k: v for k, v in summary.items() if v == v}, int(saved["step"]))  # v == v: not NaN
+    log_metrics_once(uri, run_id, {k: v for k, v in summary.items() if v == v}, int(saved["step"]))  # v == v: not NaN
     tracking.log_dict(uri, run_id, {"eval_seeds": list(seeds), "summary": summary}, "eval_seeds.json")
     return {**out, **summary}
+
+
+def log_metrics_once(uri: str, run_id: str, metrics: dict[str, float], step: int) -> dict[str, float]:
+    """Log ``metrics`` at ``step`` except those the run already holds at that step; returns what was logged.
+
+    What makes an evaluation's record idempotent: a resume that evaluates again (the first try was stopped by a
+    signal or a full disk after some of its records were written) adds only what is missing, so no metric has two
+    values at one step. The values kept are the first ones (the same checkpoint and evaluation seed give the same)."""
+    c = tracking.client(uri)
+    present = set(c.get_run(run_id).data.metrics)
+    new = {k: v for k, v in metrics.items()
+           if k not in present or all(int(m.step) != int(step) for m in c.get_metric_history(run_id, k))}
+    tracking.log_metrics(uri, run_id, new, step)
+    return new
 
 
 def record_evaluation(uri: str, run_id: str, result, step: int, name: str, metric_suffix: str = "") -> None:
     """An ``EvalResult``'s metrics (names + ``metric_suffix``) at ``step`` and its figures under ``samples/``."""
     from orchestrator.evaluation import save_result_images
 
-    tracking.log_metrics(uri, run_id, {f"{k}{metric_suffix}": v for k, v in result.metrics.items() if v is not None},
-                         step)
+    log_metrics_once(uri, run_id, {f"{k}{metric_suffix}": v for k, v in result.metrics.items() if v is not None},
+                     step)
     # One value per evaluated class (where the metric has them): what replicates bootstrap over.
     tracking.log_dict(uri, run_id, {"step": step, "classes": [int(c) for c in getattr(result, "classes", [])],
                                     "per_class": getattr(result, "per_class", {}),
