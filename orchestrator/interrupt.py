@@ -45,6 +45,14 @@ class Interrupted(KeyboardInterrupt):
 _state = {"received": None}
 
 
+def as_interrupted(err: KeyboardInterrupt) -> Interrupted:
+    """``err`` as an ``Interrupted`` naming its signal. Ray's blocking calls turn any ``KeyboardInterrupt`` a signal
+    handler raised into a plain new one, so the signal number is then taken from ``received()`` (SIGINT if none)."""
+    if isinstance(err, Interrupted):
+        return err
+    return Interrupted(received() or signal.SIGINT, str(err))
+
+
 def received() -> int | None:
     """The signal number received inside the current ``on_signals()`` (None if none)."""
     return _state["received"]

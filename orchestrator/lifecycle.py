@@ -304,10 +304,11 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         tracking.set_tags(uri, run_id, {"selected_step": str(int(saved["step"]))})
         tracking.end_run(uri, run_id, "FINISHED")
     except BaseException as err:
-        from orchestrator.interrupt import Interrupted
+        from orchestrator.interrupt import as_interrupted
 
-        if isinstance(err, Interrupted):  # preempted or Ctrl-C: a normal end, continued by the resume
-            raise err.with_message(interrupted_line(uri, run_id, err, resume_hint)) from None
+        if isinstance(err, KeyboardInterrupt):  # preempted or Ctrl-C: a normal end, continued by the resume
+            stopped = as_interrupted(err)
+            raise stopped.with_message(interrupted_line(uri, run_id, stopped, resume_hint)) from None
         closed = _end_quietly(uri, run_id, on_failure)
         from orchestrator.recorder import store_failure
 

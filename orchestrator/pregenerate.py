@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.errors import UserError
-from orchestrator.interrupt import TAG, Interrupted, on_signals
+from orchestrator.interrupt import TAG, as_interrupted, on_signals
 
 CLASS_PARTS = ("base", "val", "novel")
 
@@ -331,11 +330,11 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
         from orchestrator.lifecycle import command_line
 
         status = "KILLED"
-        stopped = Interrupted(getattr(err, "signum", signal.SIGINT))
+        stopped = as_interrupted(err)
         raise stopped.with_message(
             f"interrupted by {stopped.signal_name}: run {run_id} is KILLED ({TAG}=true); "
             f"{stats['images_skipped'] + stats['images_done']} of {len(ids)} images are complete in {out}; "
-            f"continue with the same command: {command_line()}") from None
+            f"run the same command again to continue: {command_line()}") from None
     finally:
         stats["mean_final_loss"] = float(np.mean(losses)) if losses else float("nan")
         tracking.log_metrics(uri, run_id, {k: v for k, v in stats.items() if np.isfinite(v)})

@@ -538,9 +538,9 @@ def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, 
                  f"{sweep.get('search', 'tpe')} search; {stopping}")
         grid = tuner.fit()
     except KeyboardInterrupt as err:
-        import signal
+        from orchestrator.interrupt import as_interrupted
 
-        raise _interrupted(sweep, uri, getattr(err, "signum", signal.SIGINT)) from None
+        raise _interrupted(sweep, uri, as_interrupted(err).signum) from None
     except BaseException:
         _close_running_children(uri, sweep, "FAILED")
         tracking.end_run(uri, parent, "FAILED")
