@@ -7,6 +7,7 @@ Run: ``python -u -m pytest -q -m faults tests/test_preemption.py`` (the ``faults
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -98,44 +99,56 @@ def test_sigterm_stops_train_as_interrupted_and_its_resume_records_everything_on
 
 # ----------------------------------------------------------------------------------- a full artifact store ----
 
-def _mount_tmpfs(path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True,
-                   capture_output=True)
+def _fill(folder) -> None:
+    """Write a filler file into ``folder`` until its file system says ENOSPC."""
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC, err
 
 
 @pytest.mark.faults
 def test_full_artifact_store_ends_in_one_line_and_the_resume_records_everything_once(env, tmp_path):
-    """The run's artifact store on a 3 MB tmpfs fills mid-run: exit 2, one ``error:`` line naming the location and
-    the resume, no traceback; once space is freed (the tmpfs grown), the resume finishes with every metric once."""
+    """The experiment's artifact store is a 3 MB tmpfs, filled up once training's last checkpoint is recorded (so the
+    novel-class evaluation and the logged model meet the full disk): exit 2, one ``error:`` line naming the store and
+    the resume, no traceback; once space is freed the resume finishes with every metric once, evaluation included."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root to mount a small tmpfs as the full disk (mount -t tmpfs -o size=3m)")
     arts = tmp_path / "arts"
-    try:
-        _mount_tmpfs(arts, "3m")
-    except subprocess.CalledProcessError as e:
-        pytest.skip(f"cannot mount a tmpfs here: {e.stderr.decode().strip()}")
+    arts.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(arts)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        exp = "full"
+        exp, steps = "full", 8
         tracking.client(uri).create_experiment(exp, artifact_location=arts.as_uri())
-        steps = 12
-        code, _, stderr = env.run(["train", "figr", "--tracking-uri", uri, "--experiment", exp, *FIGR,
-                                   "--set", "eval_every=4", "--steps", str(steps)])
+        proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", exp, *FIGR,
+                                  "--set", "eval_every=4", "--steps", str(steps)])
+        try:
+            run = wait_for(lambda: run_at_step(uri, exp, steps), 1800, "the last recorded checkpoint", proc, err)
+            _fill(arts)
+            proc.wait(timeout=1200)
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc)
+        stderr = err.read_text()
         lines = [x for x in stderr.splitlines() if x.startswith("error:")]
-        assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
-        run = tracking.client(uri).search_runs([tracking.client(uri).get_experiment_by_name(exp).experiment_id])[0]
         run_id = run.info.run_id
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
         assert str(arts) in lines[0] and f"train --resume {run_id}" in lines[0], lines[0]
+        assert "No space left on device" in lines[0], lines[0]
         no_metric_twice(uri, run_id)
 
-        subprocess.run(["mount", "-o", "remount,size=200m", str(arts)], check=True)  # space freed
+        (arts / "filler").unlink()  # space freed
         code, _, stderr = env.run(resume_command(lines[0]))
         assert code == 0, stderr[-3000:]
         run = tracking.get_run(uri, run_id)
-        assert run.info.status == "FINISHED"
+        assert run.info.status == "FINISHED" and "fid_domain" in run.data.metrics
         assert steps_of(uri, run_id, "d_loss") == list(range(1, steps + 1))
-        assert "fid_domain" in run.data.metrics
         no_metric_twice(uri, run_id)
     finally:
         subprocess.run(["umount", "-l", str(arts)], check=False)
