@@ -308,6 +308,7 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
 
         if isinstance(err, KeyboardInterrupt):  # preempted or Ctrl-C: a normal end, continued by the resume
             stopped = as_interrupted(err)
+            _stop_driver_ray()
             raise stopped.with_message(interrupted_line(uri, run_id, stopped, resume_hint)) from None
         closed = _end_quietly(uri, run_id, on_failure)
         from orchestrator.recorder import store_failure
@@ -323,6 +324,18 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
               if k in ("meta_steps", "tasks_seen", "images_seen", "train_seconds", "eval_seconds")}
     return {"run_id": run_id, "method": prep.method, "dataset": cfg["dataset"], "selected_step": int(saved["step"]),
             **budget, **out}
+
+
+def _stop_driver_ray() -> None:
+    """In the command's own process (main thread): disconnect from Ray now, which ends the Ray Train controller and
+    workers this driver owns (and a local Ray it started), so no checkpoint is trained or recorded after the run is
+    marked interrupted. A remote cluster (``--address``) itself keeps running."""
+    import threading
+
+    import ray
+
+    if threading.current_thread() is threading.main_thread() and ray.is_initialized():
+        ray.shutdown()
 
 
 def resume_command(uri: str, run_id: str, resume_hint: str | None = None) -> str:
