@@ -73,7 +73,10 @@ def test_sigterm_stops_train_as_interrupted_and_its_resume_records_everything_on
     assert proc.returncode == 143, stderr[-3000:]
     assert stopped_s < STOP_BOUND_S
     assert last.startswith("interrupted by SIGTERM") and f"train --resume {run_id}" in last, last
-    assert "SIGTERM received" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    # No abort dump of Ray's C++ handler and no traceback of the command (Ray's own processes may log theirs, prefixed)
+    assert "SIGTERM received" not in stderr, stderr[-3000:]
+    assert not [x for x in stderr.splitlines() if x.startswith("Traceback")], stderr[-3000:]
+    print(f"SIGTERM to exit: {stopped_s:.1f} s")
     run = tracking.get_run(uri, run_id)
     assert run.info.status == "KILLED" and run.data.tags.get(TAG) == "true"
     done = recorded_step(uri, run_id)
@@ -138,7 +141,8 @@ def test_full_artifact_store_ends_in_one_line_and_the_resume_records_everything_
         stderr = err.read_text()
         lines = [x for x in stderr.splitlines() if x.startswith("error:")]
         run_id = run.info.run_id
-        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+        assert proc.returncode == 2 and len(lines) == 1, stderr[-3000:]
+        assert not [x for x in stderr.splitlines() if x.startswith("Traceback")], stderr[-3000:]
         assert str(arts) in lines[0] and f"train --resume {run_id}" in lines[0], lines[0]
         assert "No space left on device" in lines[0], lines[0]
         no_metric_twice(uri, run_id)
