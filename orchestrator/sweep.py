@@ -49,6 +49,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -536,7 +537,14 @@ def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, 
             stopping = f"ASHA on {space.metric} every {grace} steps" if scheduler else "no early stopping"
             _log(f"{concurrency} trial(s) at a time, {sweep['workers_per_trial']} worker(s) each; "
                  f"{sweep.get('search', 'tpe')} search; {stopping}")
-        grid = tuner.fit()
+        import signal
+
+        ours = signal.getsignal(signal.SIGINT)
+        try:
+            grid = tuner.fit()
+        finally:  # Tune leaves its Ctrl-C handler installed after fit: ours again, so a later signal still stops us
+            if threading.current_thread() is threading.main_thread() and ours is not None:
+                signal.signal(signal.SIGINT, ours)
     except KeyboardInterrupt as err:
         from orchestrator.interrupt import as_interrupted
 
