@@ -12,6 +12,7 @@ input leaves the store exactly as it was.
 """
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 import tempfile
@@ -297,6 +298,8 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
             saved = load_checkpoint(Path(d))
         select = cfg["select_metric"]
         why = f"{select}={chosen[select]:.4g} on validation classes" if select in chosen else "the latest"
+        if select in chosen and not math.isfinite(float(chosen[select])):  # best_checkpoint's fallback
+            why = f"the latest: {select} is NaN on every checkpoint"
         log(f"selected the step-{saved['step']} checkpoint ({why})")
         out = evaluate_and_record(prep, saved, uri=uri, run_id=run_id, seed=int(cfg["eval_seed"]),
                                   n_generate=int(cfg["n_generate"]))

@@ -195,11 +195,12 @@ class Recorder(UserCallback):
                 tracking.set_tags(self.uri, self.run_id, {FATAL: str(fatal)[:4000]})
             if checkpoint is None:
                 return
-            t0 = time.perf_counter()
+            t0, before = time.perf_counter(), self.after
             with checkpoint.as_directory() as d:
                 self.after = record_checkpoint_dir(self.uri, self.run_id, Path(d), self.after)
-            tracking.log_metric_rows(self.uri, self.run_id,
-                                     [("recording_seconds", time.perf_counter() - t0, self.after)])
+            if self.after > before:  # a checkpoint re-reported after a restart adds nothing, this included
+                tracking.log_metric_rows(self.uri, self.run_id,
+                                         [("recording_seconds", time.perf_counter() - t0, self.after)])
         except Exception as err:  # noqa: BLE001 - classified; anything else is re-raised as it is
             why = store_failure(err, self.uri, self.run_id)
             if why is None:
