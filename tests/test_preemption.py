@@ -221,3 +221,30 @@ def test_an_evaluation_recorded_again_adds_nothing_twice(tmp_path):
     assert log_metrics_once(uri, run_id, {"class_hit": 0.5, "fid_domain": 3.0}, 2) == {"fid_domain": 3.0}
     assert log_metrics_once(uri, run_id, {"class_hit": 0.7}, 4) == {"class_hit": 0.7}  # another step: a new value
     assert steps_of(uri, run_id, "class_hit") == [2, 4] and steps_of(uri, run_id, "fid_domain") == [2]
+
+
+def test_a_full_artifact_store_is_named_in_one_line(tmp_path):
+    """A real full disk (a 1 MB tmpfs as the experiment's artifact location, filled): MLflow's copy fails with
+    ``OSError: [Errno 28] No space left on device`` and no file name; ``store_failure`` names the run's artifact
+    folder on that disk and its free space (what ``train`` then prints, with the resume, exit 2)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs as the full disk (mount -t tmpfs -o size=1m)")
+    from orchestrator.recorder import store_failure
+
+    arts = tmp_path / "arts"
+    arts.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(arts)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        tracking.client(uri).create_experiment("full", artifact_location=arts.as_uri())
+        run_id = tracking.start_run(uri, "full", "n", {"a": 1}, {})
+        _fill(arts)
+        with pytest.raises(OSError) as err:
+            tracking.log_dict(uri, run_id, {"per_class": list(range(100_000))}, "per_class.json")
+        assert err.value.errno == errno.ENOSPC
+        why = store_failure(err.value, uri, run_id)
+        assert why and why.startswith(str(arts / run_id / "artifacts")) and "No space left on device" in why, why
+    finally:
+        subprocess.run(["umount", "-l", str(arts)], check=False)
