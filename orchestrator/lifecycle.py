@@ -297,9 +297,11 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         with checkpoint.as_directory() as d:
             saved = load_checkpoint(Path(d))
         select = cfg["select_metric"]
-        why = f"{select}={chosen[select]:.4g} on validation classes" if select in chosen else "the latest"
-        if select in chosen and not math.isfinite(float(chosen[select])):  # best_checkpoint's fallback
-            why = f"the latest: {select} is NaN on every checkpoint"
+        value = chosen.get(select)  # a number, or NaN (null once Ray Train restored its list from JSON)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            why = f"{select}={value:.4g} on validation classes"
+        else:  # best_checkpoint's fallback
+            why = f"the latest: {select} is NaN on every checkpoint" if select in chosen else "the latest"
         log(f"selected the step-{saved['step']} checkpoint ({why})")
         out = evaluate_and_record(prep, saved, uri=uri, run_id=run_id, seed=int(cfg["eval_seed"]),
                                   n_generate=int(cfg["n_generate"]))
