@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         where = err.filename or "a folder this command writes to (the temp folder, FSIG_STORAGE, the artifact store)"
-        print(f"error: {where} took no file ([Errno {err.errno}] {os.strerror(err.errno)}): free space or fix its "
-              f"permissions, then run the same command again (a train run continues with train --resume RUN_ID)",
+        print(f"error: {where}: [Errno {err.errno}] {os.strerror(err.errno)}: free space there or fix its permissions, "
+              f"then run the same command again (a train run continues with train --resume RUN_ID)",
               file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt as err:  # SIGTERM or Ctrl-C (orchestrator.interrupt): the line says how to continue
