@@ -107,9 +107,10 @@ def test_killed_midway_and_restarted_writes_each_row_once(biggan_dir, data_root,
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "pregenerate", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 150
+        deadline = time.time() + 900  # the first shard: waited for, the bound only stops a hung command
         while time.time() < deadline and proc.poll() is None and not pg.done_ids(out):
             time.sleep(0.2)
+        assert pg.done_ids(out), "no shard written before the deadline: nothing to interrupt midway"
         proc.send_signal(signal.SIGTERM)  # a scheduler's stop (preemption); Ctrl-C takes the same path
         _, err = proc.communicate(timeout=60)
     finally:
