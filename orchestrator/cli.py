@@ -13,6 +13,10 @@ from orchestrator.errors import UserError
 
 
 PROG = "python -m orchestrator"
+EXIT_CODES = """exit status: 0 done; 2 an error that names its fix (bad input, a store that took no record, a full disk),
+one line on stderr; 143 stopped by SIGTERM, 130 by SIGINT (Ctrl-C): the run is KILLED with tag
+fsig.interrupted=true and the last line on stderr is the command that continues it (train --resume RUN,
+sweep --resume NAME, or the same pregenerate command); 1 a bug (a traceback)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,10 +43,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog=PROG, description="Few-shot image generation experiments on Ray, tracked in MLflow.")
+    ap = _Parser(prog=PROG, description="Few-shot image generation experiments on Ray, tracked in MLflow.",
+                 epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="meta-train a method under Ray Train, then evaluate it on novel classes")
+    t = sub.add_parser("train", help="meta-train a method under Ray Train, then evaluate it on novel classes",
+                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("method", nargs="?", help="method key, e.g. figr")
     t.add_argument("--dataset", help="digits (default, no download), omniglot, mnist, fashion-mnist, folder")
     t.add_argument("--data-root", help="local folder holding the dataset's files")
@@ -97,7 +103,8 @@ def parser() -> argparse.ArgumentParser:
 
     from orchestrator import compare, sweep  # light modules: heavy imports live inside their run()
 
-    sw = sub.add_parser("sweep", help="search a method's hyperparameters with Ray Tune + Optuna, nested in MLflow")
+    sw = sub.add_parser("sweep", help="search a method's hyperparameters with Ray Tune + Optuna, nested in MLflow",
+                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_arguments(sw)
     _common(sw)
     cp = sub.add_parser("compare", help="table and plot of the best trial per method and dataset, from MLflow")
@@ -105,7 +112,8 @@ def parser() -> argparse.ArgumentParser:
     _common(cp)
     from orchestrator import pregenerate  # light: torch, Ray and pyarrow are imported inside
 
-    pg = sub.add_parser("pregenerate", help="FinetuneGAN variants of support images by a pool of Ray actors, to Parquet")
+    pg = sub.add_parser("pregenerate", help="FinetuneGAN variants of support images by a pool of Ray actors, to Parquet",
+                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     pregenerate.add_arguments(pg)
     _common(pg)
     return ap
@@ -179,10 +187,25 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt as err:  # a command may say how to continue (pregenerate does)
-        print(str(err) or "interrupted: the MLflow run is marked FAILED; continue it with train --resume RUN_ID",
-              file=sys.stderr)
-        return 130
+    except OSError as err:  # a full disk or an unwritable place outside a run's own record (which names its resume)
+        from orchestrator.errors import STORAGE_ERRNOS
+
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        import os
+
+        where = err.filename or "a folder this command writes to (the temp folder, FSIG_STORAGE, the artifact store)"
+        print(f"error: {where}: [Errno {err.errno}] {os.strerror(err.errno)}: free space there or fix its permissions, "
+              f"then run the same command again (a train run continues with train --resume RUN_ID)",
+              file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt as err:  # SIGTERM or Ctrl-C (orchestrator.interrupt): the line says how to continue
+        from orchestrator.interrupt import Interrupted
+
+        code = err.exit_code if isinstance(err, Interrupted) else 130
+        print(str(err) or "interrupted before a run was recorded: nothing to continue",
+              file=sys.stderr, flush=True)
+        return code
     if args.json:
         from orchestrator.pipeline import print_json
 

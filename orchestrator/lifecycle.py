@@ -12,6 +12,7 @@ input leaves the store exactly as it was.
 """
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 import tempfile
@@ -339,7 +340,11 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         with checkpoint.as_directory() as d:
             saved = load_checkpoint(Path(d))
         select = cfg["select_metric"]
-        why = f"{select}={chosen[select]:.4g} on validation classes" if select in chosen else "the latest"
+        value = chosen.get(select)  # a number, or NaN (null once Ray Train restored its list from JSON)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            why = f"{select}={value:.4g} on validation classes"
+        else:  # best_checkpoint's fallback
+            why = f"the latest: {select} is NaN on every checkpoint" if select in chosen else "the latest"
         log(f"selected the step-{saved['step']} checkpoint ({why})")
         out = evaluate_and_record(prep, saved, uri=uri, run_id=run_id, seed=int(cfg["eval_seed"]),
                                   n_generate=int(cfg["n_generate"]))
@@ -347,6 +352,12 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         tracking.set_tags(uri, run_id, {"selected_step": str(int(saved["step"]))})
         tracking.end_run(uri, run_id, "FINISHED")
     except BaseException as err:
+        from orchestrator.interrupt import as_interrupted
+
+        if isinstance(err, KeyboardInterrupt):  # preempted or Ctrl-C: a normal end, continued by the resume
+            stopped = as_interrupted(err)
+            _stop_driver_ray()
+            raise stopped.with_message(interrupted_line(uri, run_id, stopped, resume_hint)) from None
         closed = _end_quietly(uri, run_id, on_failure)
         from orchestrator.recorder import store_failure
 
@@ -354,13 +365,48 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
         if why:  # the store, not the run, failed: one line, and the resume that finishes the run once it is back
             raise UserError(f"{why}; run {run_id} is {on_failure if closed else 'left RUNNING'}: once that is fixed, "
                             f"finish it with "
-                            f"{resume_hint or f'python -m orchestrator train --resume {run_id} --tracking-uri {uri}'}"
+                            f"{resume_command(uri, run_id, resume_hint)}"
                             ) from None
         raise
     budget = {k: float(v) for k, v in (result.metrics or {}).items()
               if k in ("meta_steps", "tasks_seen", "images_seen", "train_seconds", "eval_seconds")}
     return {"run_id": run_id, "method": prep.method, "dataset": cfg["dataset"], "selected_step": int(saved["step"]),
             **budget, **out}
+
+
+def _stop_driver_ray() -> None:
+    """In the command's own process (main thread): disconnect from Ray now, which ends the Ray Train controller and
+    workers this driver owns (and a local Ray it started), so no checkpoint is trained or recorded after the run is
+    marked interrupted. A remote cluster (``--address``) itself keeps running."""
+    import threading
+
+    import ray
+
+    if threading.current_thread() is threading.main_thread() and ray.is_initialized():
+        ray.shutdown()
+
+
+def resume_command(uri: str, run_id: str, resume_hint: str | None = None) -> str:
+    """The command that finishes run ``run_id`` (``resume_hint`` when the caller has its own, e.g. a sweep's)."""
+    return resume_hint or f"python -m orchestrator train --resume {run_id} --tracking-uri {uri}"
+
+
+def interrupted_line(uri: str, run_id: str, err, resume_hint: str | None = None) -> str:
+    """Mark ``run_id`` interrupted (status KILLED, tag ``fsig.interrupted=true``) and return the one line saying so
+    and how to continue. ``err``: the ``interrupt.Interrupted`` that stopped it. Store errors are reported in the line,
+    not raised (the store may be what is failing)."""
+    from orchestrator.interrupt import TAG
+    from orchestrator.recorder import recorded_through
+
+    closed = _end_quietly(uri, run_id, "KILLED")
+    try:
+        tracking.set_tags(uri, run_id, {TAG: "true"})
+        through = f", recorded through step {recorded_through(uri, run_id)}"
+    except Exception as store_err:  # noqa: BLE001 - the line must still come out
+        through = f" (the store took no tag: {store_err.__class__.__name__})"
+    state = "KILLED" if closed else "left RUNNING"
+    return (f"interrupted by {err.signal_name}: run {run_id} is {state} ({TAG}=true){through}; "
+            f"continue it with {resume_command(uri, run_id, resume_hint)}")
 
 
 def _end_quietly(uri: str, run_id: str, status: str) -> bool:
@@ -387,7 +433,7 @@ def evaluate_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_
     own = seed == int(prep.cfg["eval_seed"]) and not metric_suffix
     record_evaluation(uri, run_id, result, int(saved["step"]), prep.kind.figure if own
                       else f"{Path(prep.kind.figure).stem}_seed{seed}.png", metric_suffix=metric_suffix)
-    tracking.log_metrics(uri, run_id, {f"test_eval_seconds{metric_suffix}": seconds}, int(saved["step"]))
+    log_metrics_once(uri, run_id, {f"test_eval_seconds{metric_suffix}": seconds}, int(saved["step"]))
     tracking.set_tags(uri, run_id, {"threads_eval": str(torch.get_num_threads())})
     log_data_input(uri, run_id, prep, "evaluation")
     tracking.describe_run(uri, run_id)
@@ -414,17 +460,31 @@ def evaluate_seeds_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str
         evaluations.append(tracking.load_json_artifact(
             uri, run_id, f"per_class_{Path(prep.kind.figure).stem}_seed{seed}.json"))
     summary = summarize_seeds(evaluations)
-    tracking.log_metrics(uri, run_id, {k: v for k, v in summary.items() if v == v}, int(saved["step"]))  # v == v: not NaN
+    log_metrics_once(uri, run_id, {k: v for k, v in summary.items() if v == v}, int(saved["step"]))  # v == v: not NaN
     tracking.log_dict(uri, run_id, {"eval_seeds": list(seeds), "summary": summary}, "eval_seeds.json")
     return {**out, **summary}
+
+
+def log_metrics_once(uri: str, run_id: str, metrics: dict[str, float], step: int) -> dict[str, float]:
+    """Log ``metrics`` at ``step`` except those the run already holds at that step; returns what was logged.
+
+    What makes an evaluation's record idempotent: a resume that evaluates again (the first try was stopped by a
+    signal or a full disk after some of its records were written) adds only what is missing, so no metric has two
+    values at one step. The values kept are the first ones (the same checkpoint and evaluation seed give the same)."""
+    c = tracking.client(uri)
+    present = set(c.get_run(run_id).data.metrics)
+    new = {k: v for k, v in metrics.items()
+           if k not in present or all(int(m.step) != int(step) for m in c.get_metric_history(run_id, k))}
+    tracking.log_metrics(uri, run_id, new, step)
+    return new
 
 
 def record_evaluation(uri: str, run_id: str, result, step: int, name: str, metric_suffix: str = "") -> None:
     """An ``EvalResult``'s metrics (names + ``metric_suffix``) at ``step`` and its figures under ``samples/``."""
     from orchestrator.evaluation import save_result_images
 
-    tracking.log_metrics(uri, run_id, {f"{k}{metric_suffix}": v for k, v in result.metrics.items() if v is not None},
-                         step)
+    log_metrics_once(uri, run_id, {f"{k}{metric_suffix}": v for k, v in result.metrics.items() if v is not None},
+                     step)
     # One value per evaluated class (where the metric has them): what replicates bootstrap over.
     tracking.log_dict(uri, run_id, {"step": step, "classes": [int(c) for c in getattr(result, "classes", [])],
                                     "per_class": getattr(result, "per_class", {}),

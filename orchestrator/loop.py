@@ -136,6 +136,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                           "images_seen": step * b * size * per_item, "train_seconds": train_s, "eval_seconds": eval_s}
                 report.update(val)
                 report.update(budget)
+                report[SCORE] = checkpoint_score(val, cfg["select_metric"])
             report = broadcast_object(report)
             if FATAL in report:
                 if rank == 0:
@@ -169,12 +170,19 @@ def fit(method: str, cfg: dict[str, Any], ds, split, val_aid, *, workers: int, c
     from ray.train.torch import TorchTrainer
 
     select = cfg["select_metric"]
-    scoring = {} if select == "last" else {
-        "checkpoint_score_attribute": select, "checkpoint_score_order": "max" if higher_is_better(select) else "min"}
+    # Ray keeps the best checkpoints by SCORE (finite always: Ray saves its checkpoint list as JSON, a NaN comes back
+    # as null and the restored manager fails on it with "unsupported operand type(s) for *: 'float' and 'NoneType'").
+    scoring = {} if select == "last" else {"checkpoint_score_attribute": SCORE, "checkpoint_score_order": "max"}
     resources = {"CPU": cpus_per_worker}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
-    trainer = TorchTrainer(
+    class Trainer(TorchTrainer):
+        def _register_sigint_handler(self, controller) -> None:
+            # Ray Train's own Ctrl-C handler would abort the fit and return as if it had ended; the command's handler
+            # (orchestrator.interrupt) stays instead and stops the command as interrupted, for SIGINT as for SIGTERM.
+            pass
+
+    trainer = Trainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg, "method": method, "split": split.to_dict(), "dataset_ref": ray.put(ds),
@@ -195,9 +203,24 @@ def fit(method: str, cfg: dict[str, Any], ds, split, val_aid, *, workers: int, c
     return trainer.fit()
 
 
+SCORE = "checkpoint_score"  # reported to Ray Train only (not recorded): its order of the checkpoints it keeps
+WORST_SCORE = -1e300  # a NaN selection metric (e.g. FID not computable): finite, and below every real score
+
+
+def checkpoint_score(val: dict[str, float], metric: str) -> float:
+    """``val[metric]`` as a score where higher is better (negated for lower-is-better metrics); ``WORST_SCORE`` when the
+    metric is missing or not finite, so such a checkpoint is kept last and never chosen over a scored one."""
+    v = val.get(metric)
+    if metric == "last" or v is None or not math.isfinite(float(v)):
+        return WORST_SCORE
+    return float(v) if higher_is_better(metric) else -float(v)
+
+
 def best_checkpoint(result, metric: str):
-    """The checkpoint chosen on validation classes (never novel ones); ``last`` (or none scored): the latest."""
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    """The checkpoint chosen on validation classes (never novel ones); ``last`` (or none scored): the latest.
+    A checkpoint whose metric is NaN is never chosen."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or [])
+              if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
     if metric == "last" or not scored:
         return result.checkpoint, dict(result.metrics or {})
     pick = max if higher_is_better(metric) else min

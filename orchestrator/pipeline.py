@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator import lifecycle, tracking
 from orchestrator.errors import UserError
+from orchestrator.interrupt import on_signals
 from orchestrator.kinds import build_method, log, method_class
 from orchestrator.lifecycle import Scale, load_run, require_generator  # noqa: F401 (part of this module's API)
 from orchestrator.settings import default_storage
@@ -29,24 +30,27 @@ def run_train(method: str | None, overrides: dict[str, Any], sets: list[str], *,
     cfg = lifecycle.resolve_config(method, overrides, sets)
     prep = lifecycle.prepare(method, cfg, inception_weights=inception_weights)
     started = lifecycle.ensure_ray(address)
-    try:
-        lifecycle.check_cluster_fits(scale)
-        name, storage = lifecycle.new_run_name(method), default_storage()
-        run_id = lifecycle.open_run(uri, experiment, name, prep, {
-            "ray_run_name": name, "ray_storage_path": str(storage), "workers": str(scale.workers),
-            "cpus_per_worker": f"{scale.cpus_per_worker:g}", "gpus_per_worker": f"{scale.gpus_per_worker:g}"})
-        log(f"MLflow run {run_id} in {uri}; Ray Train run {name} under {storage}")
-        return lifecycle.train_and_record(prep, uri=uri, run_id=run_id, name=name, storage=storage, scale=scale)
-    finally:
-        if started:
-            ray.shutdown()
+    with on_signals():  # after ray.init, which takes SIGTERM for its own abort (orchestrator.interrupt)
+        try:
+            return _train_new(method, prep, scale=scale, uri=uri, experiment=experiment)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _train_new(method: str, prep, *, scale: Scale, uri: str, experiment: str) -> dict[str, Any]:
+    lifecycle.check_cluster_fits(scale)
+    name, storage = lifecycle.new_run_name(method), default_storage()
+    run_id = lifecycle.open_run(uri, experiment, name, prep, {
+        "ray_run_name": name, "ray_storage_path": str(storage), "workers": str(scale.workers),
+        "cpus_per_worker": f"{scale.cpus_per_worker:g}", "gpus_per_worker": f"{scale.gpus_per_worker:g}"})
+    log(f"MLflow run {run_id} in {uri}; Ray Train run {name} under {storage}")
+    return lifecycle.train_and_record(prep, uri=uri, run_id=run_id, name=name, storage=storage, scale=scale)
 
 
 def _resume(run_id: str, overrides: dict[str, Any], sets: list[str], *, scale: Scale, uri: str, address: str | None,
             inception_weights: str | None) -> dict[str, Any]:
     import ray
-
-    from orchestrator.recorder import backfill
 
     run = tracking.get_run(uri, run_id)
     if "ray_run_name" not in run.data.tags:
@@ -57,22 +61,34 @@ def _resume(run_id: str, overrides: dict[str, Any], sets: list[str], *, scale: S
     cfg = lifecycle.resume_config(saved["config"], overrides, sets, run_id)
     prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights)
     started = lifecycle.ensure_ray(address)
-    try:
-        lifecycle.check_cluster_fits(scale)
-        name, storage = run.data.tags["ray_run_name"], run.data.tags["ray_storage_path"]
-        after = backfill(uri, run_id, storage, name)  # a checkpoint persisted but not yet recorded
-        if cfg["steps"] != saved["config"]["steps"] or cfg["budget_minutes"] != saved["config"]["budget_minutes"]:
-            tracking.set_tags(uri, run_id, {f"resume.after_step_{after}": f"steps={cfg['steps']} "
-                                                                         f"budget_minutes={cfg['budget_minutes']}"})
-            tracking.log_dict(uri, run_id, {"method": method, "config": cfg}, "config.json")
-        was = run.info.status
-        tracking.client(uri).update_run(run_id, status="RUNNING")
-        log(f"resuming MLflow run {run_id} (Ray Train run {name}) after step {after}")
-        return lifecycle.train_and_record(prep, uri=uri, run_id=run_id, name=name, storage=storage, scale=scale,
-                                          after=after, on_failure="FINISHED" if was == "FINISHED" else "FAILED")
-    finally:
-        if started:
-            ray.shutdown()
+    with on_signals():  # after ray.init (orchestrator.interrupt)
+        try:
+            return _continue(run, method, cfg, saved, prep, scale=scale, uri=uri)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _continue(run, method: str, cfg: dict[str, Any], saved: dict[str, Any], prep, *, scale: Scale,
+              uri: str) -> dict[str, Any]:
+    from orchestrator.interrupt import TAG
+    from orchestrator.recorder import backfill
+
+    run_id = run.info.run_id
+    lifecycle.check_cluster_fits(scale)
+    name, storage = run.data.tags["ray_run_name"], run.data.tags["ray_storage_path"]
+    after = backfill(uri, run_id, storage, name)  # a checkpoint persisted but not yet recorded
+    if cfg["steps"] != saved["config"]["steps"] or cfg["budget_minutes"] != saved["config"]["budget_minutes"]:
+        tracking.set_tags(uri, run_id, {f"resume.after_step_{after}": f"steps={cfg['steps']} "
+                                                                     f"budget_minutes={cfg['budget_minutes']}"})
+        tracking.log_dict(uri, run_id, {"method": method, "config": cfg}, "config.json")
+    was = run.info.status
+    tracking.client(uri).update_run(run_id, status="RUNNING")
+    if TAG in run.data.tags:  # interrupted before: it is being continued now
+        tracking.client(uri).delete_tag(run_id, TAG)
+    log(f"resuming MLflow run {run_id} (Ray Train run {name}) after step {after}")
+    return lifecycle.train_and_record(prep, uri=uri, run_id=run_id, name=name, storage=storage, scale=scale,
+                                      after=after, on_failure="FINISHED" if was == "FINISHED" else "FAILED")
 
 
 def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_generate: int | None,

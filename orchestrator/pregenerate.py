@@ -19,20 +19,18 @@ the settings; a restart with different settings into the same folder is refused.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from orchestrator.errors import UserError
+from orchestrator.interrupt import TAG, as_interrupted, on_signals
 
 CLASS_PARTS = ("base", "val", "novel")
 
@@ -211,23 +209,6 @@ def perceptual_spec(ds, split, cfg: dict[str, Any], weights: str | None) -> dict
                            f"held-out base accuracy {feats.base_accuracy:.3f}"}
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's kill) takes the same clean path as Ctrl-C."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | None, out: Path, actors: int = 1,
                 variants: int = 10, steps: int | None = None, image_size: int | None = None, channels: int | None = None,
                 split_seed: int = 0, classes: str = "all", per_class: int = 0, limit: int = 0, seed: int = 0,
@@ -336,18 +317,24 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
     status = "FAILED"
     started = False
     try:
-        with _sigterm_as_interrupt():
+        with on_signals():  # SIGTERM (a scheduler's stop) and Ctrl-C take one clean path (orchestrator.interrupt)
             if todo:
                 from orchestrator.lifecycle import ensure_ray
 
                 started = ensure_ray(address)
-                _run_pool(ds, todo, seed, variants, out, worker=worker, actors=actors, cpus=cpus_per_actor, gpus=gpus_per_actor, stats=stats, losses=losses,
-                          progress=progress)
+                with on_signals():  # again after ray.init, which takes SIGTERM for its own C++ abort
+                    _run_pool(ds, todo, seed, variants, out, worker=worker, actors=actors, cpus=cpus_per_actor,
+                              gpus=gpus_per_actor, stats=stats, losses=losses, progress=progress)
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        from orchestrator.lifecycle import command_line
+
         status = "KILLED"
-        raise KeyboardInterrupt(f"interrupted: {stats['images_skipped'] + stats['images_done']} of {len(ids)} images "
-                                f"are complete in {out}; run the same command again to continue") from None
+        stopped = as_interrupted(err)
+        raise stopped.with_message(
+            f"interrupted by {stopped.signal_name}: run {run_id} is KILLED ({TAG}=true); "
+            f"{stats['images_skipped'] + stats['images_done']} of {len(ids)} images are complete in {out}; "
+            f"run the same command again to continue: {command_line()}") from None
     finally:
         stats["mean_final_loss"] = float(np.mean(losses)) if losses else float("nan")
         tracking.log_metrics(uri, run_id, {k: v for k, v in stats.items() if np.isfinite(v)})
@@ -363,6 +350,8 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
         except Exception as err:  # the grid is a courtesy; never hide the real outcome
             _log(f"could not log the sample grid: {err}")
         tracking.end_run(uri, run_id, status)
+        if status == "KILLED":
+            tracking.set_tags(uri, run_id, {TAG: "true"})
         if started:
             import ray
 

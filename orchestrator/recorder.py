@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import tracking
+from orchestrator.errors import STORAGE_ERRNOS
 from orchestrator.settings import FATAL, HISTORY_FILE, SAMPLES_DIR
 
 try:  # Ray Train 2.60's driver-side hook (train V2)
@@ -105,7 +106,8 @@ def _chain(err: BaseException | None):
             continue
         seen.add(id(e))
         yield e
-        stack += [e.__cause__, e.__context__, getattr(e, "controller_failure", None)]
+        stack += [e.__cause__, e.__context__, getattr(e, "controller_failure", None), getattr(e, "cause", None),
+                  *(getattr(e, "worker_failures", None) or {}).values()]  # Ray Train's WorkerGroupError
 
 
 def _artifact_dir(uri: str, run_id: str) -> str | None:
@@ -147,7 +149,37 @@ def store_failure(err: BaseException, uri: str, run_id: str) -> str | None:
             artifacts = artifacts or _artifact_dir(uri, run_id)
             if artifacts and str(Path(str(e.filename)).resolve()).startswith(artifacts):
                 return f"artifact location {artifacts} of run {run_id} took no file ({e.__class__.__name__}: {e})"
+    for e in _chain(err):
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            where = str(e.filename) if getattr(e, "filename", None) else _fullest(uri, run_id)
+            return f"{where} took no file ({e.__class__.__name__}: [Errno {e.errno}] {os.strerror(e.errno)})"
     return None
+
+
+def _fullest(uri: str, run_id: str) -> str:
+    """The place a run writes to with the least free space, with that space (``ENOSPC`` carries no file name):
+    the run's local artifact folder, its Ray Train storage, the temp folder, the feature cache."""
+    import shutil
+    import tempfile
+
+    places = [_artifact_dir(uri, run_id), tempfile.gettempdir(), os.environ.get("FSIG_CACHE")]
+    try:
+        places.append(tracking.client(uri).get_run(run_id).data.tags.get("ray_storage_path"))
+    except Exception:  # noqa: BLE001 - the store may be the problem; the other places still count
+        pass
+    free = {}
+    for place in filter(None, places):
+        path = Path(place)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            free[str(Path(place))] = shutil.disk_usage(path).free
+        except OSError:
+            continue
+    if not free:
+        return "the disk"
+    where = min(free, key=free.get)
+    return f"{where} (the fullest place this run writes to: {free[where] // 1024} KiB free)"
 
 
 class Recorder(UserCallback):
@@ -163,11 +195,12 @@ class Recorder(UserCallback):
                 tracking.set_tags(self.uri, self.run_id, {FATAL: str(fatal)[:4000]})
             if checkpoint is None:
                 return
-            t0 = time.perf_counter()
+            t0, before = time.perf_counter(), self.after
             with checkpoint.as_directory() as d:
                 self.after = record_checkpoint_dir(self.uri, self.run_id, Path(d), self.after)
-            tracking.log_metric_rows(self.uri, self.run_id,
-                                     [("recording_seconds", time.perf_counter() - t0, self.after)])
+            if self.after > before:  # a checkpoint re-reported after a restart adds nothing, this included
+                tracking.log_metric_rows(self.uri, self.run_id,
+                                         [("recording_seconds", time.perf_counter() - t0, self.after)])
         except Exception as err:  # noqa: BLE001 - classified; anything else is re-raised as it is
             why = store_failure(err, self.uri, self.run_id)
             if why is None:

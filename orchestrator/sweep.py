@@ -49,6 +49,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -341,6 +342,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     prep = lifecycle.prepare(args.method, cfg)  # the same pre-start validation as train
     split = prep.split
     started = _ensure_ray(args.address)
+    stack = _signals()  # after ray.init (orchestrator.interrupt): SIGTERM stops the trials as Ctrl-C does
     try:
         lifecycle.check_cluster_fits(lifecycle.Scale(args.workers_per_trial, args.cpus_per_worker,
                                                      args.gpus_per_worker))
@@ -375,6 +377,7 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
             import ray
 
             ray.shutdown()
+        stack.close()
 
 
 def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
@@ -407,8 +410,13 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     prep = lifecycle.prepare(sweep["method"], sweep["config"], sweep["split"])
     assert prep.split.to_dict() == Split.from_dict(sweep["split"]).to_dict()
     started = _ensure_ray(args.address)
+    stack = _signals()
     try:
+        from orchestrator.interrupt import TAG
+
         tracking.client(uri).update_run(sweep["parent_run_id"], status="RUNNING")
+        if TAG in parent_run.data.tags:  # interrupted before: it is being continued now
+            tracking.client(uri).delete_tag(sweep["parent_run_id"], TAG)
         _log(f"resuming sweep {sweep['name']} (MLflow parent run {sweep['parent_run_id']}) from {sweep['tune_path']}")
         return _tune(sweep, uri, prep, restore=True)
     finally:
@@ -416,6 +424,38 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
             import ray
 
             ray.shutdown()
+        stack.close()
+
+
+def _signals():
+    """SIGTERM and SIGINT handled from here on (``interrupt.on_signals``); ``close()`` restores the previous handlers.
+    Inside ``Tuner.fit`` Tune's own Ctrl-C handler stops the trials, saves Tune's state and returns; SIGTERM is given
+    to that handler too, and ``_finish`` then ends the sweep as interrupted by the signal received."""
+    from contextlib import ExitStack
+
+    from orchestrator.interrupt import on_signals
+
+    stack = ExitStack()
+    stack.enter_context(on_signals(graceful_sigint=True))
+    return stack
+
+
+def _interrupted(sweep: dict[str, Any], uri: str, signum: int, done: str = ""):
+    """Mark the sweep's parent run KILLED with ``fsig.interrupted=true`` (its running children KILLED) and return the
+    ``Interrupted`` whose one line names the command that continues it."""
+    from orchestrator import tracking
+    from orchestrator.interrupt import TAG, Interrupted
+
+    err = Interrupted(signum)
+    try:
+        _close_running_children(uri, sweep, "KILLED")
+        tracking.end_run(uri, sweep["parent_run_id"], "KILLED")
+        tracking.set_tags(uri, sweep["parent_run_id"], {TAG: "true"})
+    except Exception as store_err:  # noqa: BLE001 - the line must still come out
+        _log(f"could not mark sweep {sweep['name']} KILLED ({store_err.__class__.__name__})")
+    return err.with_message(
+        f"interrupted by {err.signal_name}: sweep {sweep['name']} is KILLED ({TAG}=true){done}; continue it with "
+        f"python -m orchestrator sweep {sweep['method']} --resume {sweep['name']} --tracking-uri {uri}")
 
 
 def _check_saved_space(sweep: dict[str, Any], name: str, use_saved: bool) -> None:
@@ -535,12 +575,18 @@ def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, 
             stopping = f"ASHA on {space.metric} every {grace} steps" if scheduler else "no early stopping"
             _log(f"{concurrency} trial(s) at a time, {sweep['workers_per_trial']} worker(s) each; "
                  f"{sweep.get('search', 'tpe')} search; {stopping}")
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        _close_running_children(uri, sweep, "KILLED")
-        tracking.end_run(uri, parent, "KILLED")
-        raise UserError(f"sweep {sweep['name']} interrupted: continue it with python -m orchestrator sweep "
-                        f"{sweep['method']} --resume {sweep['name']}") from None
+        import signal
+
+        ours = signal.getsignal(signal.SIGINT)
+        try:
+            grid = tuner.fit()
+        finally:  # Tune leaves its Ctrl-C handler installed after fit: ours again, so a later signal still stops us
+            if threading.current_thread() is threading.main_thread() and ours is not None:
+                signal.signal(signal.SIGINT, ours)
+    except KeyboardInterrupt as err:
+        from orchestrator.interrupt import as_interrupted
+
+        raise _interrupted(sweep, uri, as_interrupted(err).signum) from None
     except BaseException:
         _close_running_children(uri, sweep, "FAILED")
         tracking.end_run(uri, parent, "FAILED")
@@ -778,10 +824,13 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
         f"**sweep {sweep['name']}**: {sweep['method']} on {sweep['config']['dataset']}, {completed} of {sweep['trials']} "
         f"trials completed ({stopped} stopped early by ASHA, {errored} errored)"), lines=(
         f"best trial {best_tid} (run {child_of.get(best_tid)}): best {metric} {best_value} with {best_config}",))
-    if interrupted:
-        tracking.end_run(uri, parent, "KILLED")
-        raise UserError(f"sweep {sweep['name']} interrupted after {completed} of {sweep['trials']} trials: continue "
-                        f"it with python -m orchestrator sweep {sweep['method']} --resume {sweep['name']}")
+    if interrupted:  # Tune stopped on Ctrl-C, or on SIGTERM handed to its Ctrl-C handler (_signals)
+        import signal
+
+        from orchestrator.interrupt import received
+
+        raise _interrupted(sweep, uri, received() or signal.SIGINT,
+                           f" after {completed} of {sweep['trials']} trials")
     tracking.end_run(uri, parent, "FINISHED" if completed else "FAILED")
     _log(f"sweep {sweep['name']}: best trial {best_tid} ({metric}={best_value}) {best_config}")
     return summary

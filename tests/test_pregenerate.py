@@ -111,17 +111,20 @@ def test_killed_midway_and_restarted_writes_each_row_once(biggan_dir, data_root,
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "pregenerate", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 150
+        deadline = time.time() + 900  # the first shard: waited for, the bound only stops a hung command
         while time.time() < deadline and proc.poll() is None and not pg.done_ids(out):
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert pg.done_ids(out), "no shard written before the deadline: nothing to interrupt midway"
+        proc.send_signal(signal.SIGTERM)  # a scheduler's stop (preemption); Ctrl-C takes the same path
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     first = pg.done_ids(out)
-    assert proc.returncode == 130, err[-2000:]
-    assert "run the same command again" in err and 1 <= len(first) < 6, err[-2000:]
+    assert proc.returncode == 143, err[-2000:]  # 128 + SIGTERM (orchestrator.interrupt)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted by SIGTERM") and "run the same command again" in last, err[-2000:]
+    assert "Traceback" not in err and "SIGTERM received" not in err and 1 <= len(first) < 6, err[-2000:]
 
     assert main(["pregenerate", *args]) == 0  # the same command, in-process on the test's Ray
     table = pg.read_store(out)
@@ -135,6 +138,7 @@ def test_killed_midway_and_restarted_writes_each_row_once(biggan_dir, data_root,
                                            order_by=["attributes.start_time ASC"])
     killed, resumed = runs
     assert killed.info.status == "KILLED" and resumed.info.status == "FINISHED"
+    assert killed.data.tags.get("fsig.interrupted") == "true"
     assert resumed.data.metrics["images_skipped"] == len(first)
     assert resumed.data.metrics["images_done"] == 6 - len(first) == resumed.data.metrics["rows_written"] / 3
     assert resumed.data.metrics["images_per_s"] > 0 and resumed.data.tags["perceptual_kind"] == "none"

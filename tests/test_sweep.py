@@ -14,6 +14,7 @@ import methods
 from orchestrator import search_space, sweep, tracking
 from orchestrator.cli import _dispatch, main, parser
 from orchestrator.errors import UserError
+from orchestrator.interrupt import TAG, Interrupted
 
 FIGR = methods.get("figr").default_config
 
@@ -278,15 +279,16 @@ def test_interrupted_sweep_resumes_to_exactly_its_trials(store, tmp_path, capsys
     watcher = threading.Thread(target=interrupt_after_first_trial, daemon=True)
     watcher.start()
     try:
-        with pytest.raises(UserError, match="interrupted") as err:
+        with pytest.raises(Interrupted, match="interrupted by SIGINT") as err:
             _dispatch(parser().parse_args(["sweep", "figr", "--trials", "2", "--concurrency", "1", "--steps", "4",
                                            "--space", str(space), *args]))
     finally:
         done.set()
         watcher.join()
-    name = str(err.value).split("--resume ")[-1].strip()
+    assert err.value.exit_code == 130  # what the CLI exits with (orchestrator.interrupt)
+    name = str(err.value).split("--resume ")[-1].split()[0]
     parent = sweep.find_parent(store, name)
-    assert parent.info.status == "KILLED"
+    assert parent.info.status == "KILLED" and parent.data.tags.get(TAG) == "true"
     before = {k.data.tags[sweep.TRIAL_TAG]: k for k in child_runs(store, parent.info.run_id)}
     finished_before = [t for t, k in before.items() if k.info.status == "FINISHED"]
     assert finished_before and all(k.info.status != "RUNNING" for k in before.values())
