@@ -69,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair", nargs=2, action="append", metavar=("RUN_A", "RUN_B"), default=None,
                    help="paired difference RUN_A - RUN_B with its 95%% interval (repeatable; default: the best row "
                         "of each dataset against every other row); replicate parents or single runs")
+    p.add_argument("--curves", action="store_true",
+                   help="also draw each row's validation class_hit and FID against meta-steps and training seconds "
+                        "(mean and band over seeds, untrained control dashed) into OUT's stem + _curves.png, and "
+                        "print each method's time to signal (orchestrator.curves)")
     p.add_argument("--diff-metric", default=None,
                    help="metric of the paired differences (default: --metric without val_, e.g. fid_domain)")
 
@@ -593,6 +597,12 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         print("\n".join(_fmt_pair(p) for p in pairs), flush=True)
 
     out = Path(args.out)
+    curves = None
+    if getattr(args, "curves", False):
+        from orchestrator import curves as curves_mod
+
+        curves = curves_mod.report(uri, [(f"{r['method']} ({r['dataset']})", u.members) for u, r in zip(units, rows)],
+                                   out.with_name(f"{out.stem}_curves.png"))
     _plot(series, best_index, metric, mode, f"{metric} per run, {source}", out)
     artifact = None
     if parent_id:
@@ -600,4 +610,4 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         artifact = f"compare/{out.name}"
     return {"source": source, "parent_run_id": parent_id, "metric": metric, "mode": mode, "rows": rows,
             "diff_metric": diff_metric, "pairs": pairs, "n_runs": len(kept), "n_skipped": sum(skipped.values()), "skipped": skipped,
-            "plot": str(out.resolve()), "artifact": artifact}
+            "plot": str(out.resolve()), "artifact": artifact, "curves": curves}

@@ -28,7 +28,9 @@ HARNESS_DEFAULTS: dict[str, Any] = {
     "n_generate": 128,  # images per novel class in the final evaluation
     "eval_seed": 0,
     "lpips_weights": "",  # torchvision backbone weights file: adds lpips_diversity* to the novel-class evaluation
-    "select_metric": "val_fid_domain",  # chosen on validation classes; class_hit: higher is better; "last": latest
+    # Checkpoint chosen on validation classes by this metric (its direction: kinds.higher_is_better); "last": latest.
+    # Generators select on class-specificity: pooled FID on these features rewards blob-like pages (docs/protocol.md).
+    "select_metric": "val_class_hit",
 }
 
 # A value MLflow would cut (its param limit is 6,000 characters): refused before anything is recorded.

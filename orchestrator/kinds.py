@@ -111,6 +111,11 @@ class Kind:
         """``val_*`` metrics on the validation classes; figures (if any) written into ``out_dir``."""
         raise NotImplementedError
 
+    def untrained_validation(self, method_name: str, cfg: dict[str, Any], ds, split, val_aid,
+                             out_dir: Path) -> dict[str, float]:
+        """Validation metrics of the untrained control (computed once per run, before training); none by default."""
+        return {}
+
     def evaluate(self, method_name: str, cfg: dict[str, Any], ds, split, state: dict, final_aid, *, seed: int,
                  n_generate: int):
         """The protocol on the novel classes, as an ``orchestrator.evaluation.EvalResult``."""
@@ -150,7 +155,15 @@ class GeneratorKind(Kind):
                                     controls=False, progress=False)
         if out_dir is not None:
             save_result_images(result, out_dir, f"val_samples_step{step:06d}.png", suffix=f"_val_step{step:06d}")
+            write_val_per_class(result, step, out_dir)
         return {f"val_{k}": float(v) for k, v in result.metrics.items()}
+
+    def untrained_validation(self, method_name, cfg, ds, split, val_aid, out_dir) -> dict[str, float]:
+        """The validation protocol on the run's own initialisation (its step-0 weights, adapted the same way):
+        the untrained control each evaluation step is compared with; ``val_*_scratch`` metrics."""
+        model = build_method(method_name, cfg, ds.image_shape, num_classes=ds.num_classes)
+        val = self.validate(model, ds, split, cfg, val_aid, 0, out_dir)
+        return {f"{k}_scratch": v for k, v in val.items() if k in ("val_class_hit", "val_fid_domain")}
 
     def evaluate(self, method_name, cfg, ds, split, state, final_aid, *, seed, n_generate):
         from orchestrator.evaluation import evaluate_generator
@@ -162,6 +175,21 @@ class GeneratorKind(Kind):
                                                               seed=seed),
                                   ds, split.novel, final_aid, shots=int(cfg["shots"]), n_generate=n_generate, seed=seed,
                                   controls=True, progress=True, lpips=lpips_for(cfg))
+
+
+VAL_PER_CLASS = "val_per_class"  # artifact folder of the per-class validation values (one JSON per evaluation step)
+
+
+def write_val_per_class(result, step: int, out_dir: Path) -> Path:
+    """``val_per_class_step<step:07d>.json`` in ``out_dir``: the validation classes and each per-class metric's
+    values in their order (``EvalResult.per_class``; NaN written as null), so curves can pair steps over classes."""
+    import json
+    import math
+
+    path = Path(out_dir) / f"{VAL_PER_CLASS}_step{int(step):07d}.json"
+    path.write_text(json.dumps({"step": int(step), "classes": [int(c) for c in result.classes], "per_class": {
+        k: [v if math.isfinite(v) else None for v in map(float, vals)] for k, vals in result.per_class.items()}}))
+    return path
 
 
 class ClassifierKind(Kind):

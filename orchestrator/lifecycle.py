@@ -325,6 +325,8 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
     cfg = prep.cfg
     try:
         log_data_input(uri, run_id, prep, "training")
+        if after == 0:
+            record_untrained_validation(prep, uri, run_id)
         result = fit(prep.method, cfg, prep.ds, prep.split, prep.aids.val, workers=scale.workers,
                      cpus_per_worker=scale.cpus_per_worker, gpus_per_worker=scale.gpus_per_worker,
                      storage_path=storage, name=name, max_failures=scale.max_failures,
@@ -407,6 +409,32 @@ def interrupted_line(uri: str, run_id: str, err, resume_hint: str | None = None)
     state = "KILLED" if closed else "left RUNNING"
     return (f"interrupted by {err.signal_name}: run {run_id} is {state} ({TAG}=true){through}; "
             f"continue it with {resume_command(uri, run_id, resume_hint)}")
+
+
+def record_untrained_validation(prep: Prepared, uri: str, run_id: str) -> dict[str, float]:
+    """The untrained control on the validation classes, once per run (it does not depend on the training step):
+    the run's own initial weights put through the validation protocol (adapted to the shots as every checkpoint
+    is), logged at step 0 as ``val_class_hit_scratch`` / ``val_fid_domain_scratch`` with its per-class values as
+    ``val_per_class/untrained.json``, so each evaluation step's curve can be compared with it
+    (``orchestrator.curves``). Classifiers: nothing. Returns the logged metrics."""
+    import shutil
+    import tempfile
+
+    from orchestrator.kinds import VAL_PER_CLASS
+
+    with tempfile.TemporaryDirectory() as d:
+        metrics = prep.kind.untrained_validation(prep.method, prep.cfg, prep.ds, prep.split, prep.aids.val, Path(d))
+        if not metrics:
+            return {}
+        written = sorted(Path(d).glob(f"{VAL_PER_CLASS}_step*.json"))
+        if written:
+            untrained = Path(d) / "untrained.json"
+            shutil.copyfile(written[0], untrained)
+            tracking.log_file(uri, run_id, untrained, VAL_PER_CLASS)
+    finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    tracking.log_metrics(uri, run_id, finite, 0)
+    log("untrained control on validation classes: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return finite
 
 
 def _end_quietly(uri: str, run_id: str, status: str) -> bool:

@@ -218,10 +218,26 @@ def checkpoint_score(val: dict[str, float], metric: str) -> float:
 
 def best_checkpoint(result, metric: str):
     """The checkpoint chosen on validation classes (never novel ones); ``last`` (or none scored): the latest.
-    A checkpoint whose metric is NaN is never chosen."""
-    scored = [(c, m) for c, m in (result.best_checkpoints or [])
-              if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
-    if metric == "last" or not scored:
+    A checkpoint whose metric is NaN is never chosen (``select_evaluation``)."""
+    if metric == "last":
         return result.checkpoint, dict(result.metrics or {})
-    pick = max if higher_is_better(metric) else min
-    return pick(scored, key=lambda cm: cm[1][metric])
+    chosen = select_evaluation(result.best_checkpoints or [], metric)
+    return chosen if chosen is not None else (result.checkpoint, dict(result.metrics or {}))
+
+
+def select_evaluation(evaluations: list[tuple[Any, dict[str, Any]]], metric: str) -> tuple[Any, dict[str, Any]] | None:
+    """The evaluation whose validation ``metric`` is best, by the metric's direction (``kinds.higher_is_better``).
+
+    ``evaluations``: ``(checkpoint, reported metrics)`` pairs, e.g. Ray Train's ``Result.best_checkpoints``;
+    pairs without a finite ``metric`` value are ignored (a NaN never wins). Ties go to the latest ``step``
+    (more training for the same validation value; e.g. ``class_hit`` is 1 at every step when the split has a
+    single validation class, so selection then keeps the latest). Returns the chosen pair, or None when no pair
+    has a finite value.
+    """
+    # Ray's restored checkpoint list can hold ``None`` for a score that was NaN when reported.
+    scored = [(c, m) for c, m in evaluations
+              if isinstance(m.get(metric), (int, float)) and math.isfinite(float(m[metric]))]
+    if not scored:
+        return None
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    return max(scored, key=lambda cm: (sign * float(cm[1][metric]), float(cm[1].get("step", 0))))

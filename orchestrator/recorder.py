@@ -27,6 +27,7 @@ from typing import Any
 
 from orchestrator import tracking
 from orchestrator.errors import STORAGE_ERRNOS
+from orchestrator.kinds import VAL_PER_CLASS
 from orchestrator.settings import FATAL, HISTORY_FILE, SAMPLES_DIR
 
 try:  # Ray Train 2.60's driver-side hook (train V2)
@@ -62,6 +63,8 @@ def record_checkpoint_dir(uri: str, run_id: str, directory: Path, after: int) ->
     for png in sorted(samples.glob("*.png")) if samples.is_dir() else []:  # re-logging a file replaces it
         tracking.log_file(uri, run_id, png, "samples")
         tracking.log_step_image(uri, run_id, png, step)  # the same grid as an image at its step (a UI slider)
+    for values in sorted(samples.glob(f"{VAL_PER_CLASS}_step*.json")) if samples.is_dir() else []:
+        tracking.log_file(uri, run_id, values, VAL_PER_CLASS)  # per-class validation values (orchestrator.curves)
     if history.get("nodes"):
         nodes = history["nodes"]
         tracking.set_tags(uri, run_id, {"worker_nodes": ",".join(f"{n['rank']}:{n['node_ip']}:{n['pid']}" for n in nodes),

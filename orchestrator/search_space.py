@@ -2,9 +2,11 @@
 
 File format (YAML)::
 
-    metric: val_fid_domain      # required; a validation metric reported during training (val_*)
-    mode: min                   # optional; min or max (default: the metric's declared direction,
+    metric: val_class_hit       # required (or metrics:); a validation metric reported during training (val_*)
+    mode: max                   # optional; min or max (default: the metric's declared direction,
                                 #   orchestrator/evaluation/registry.py: FID min, class_hit max)
+    # or, to search two objectives at once (Optuna multi-objective; each one's direction is what it means):
+    # metrics: [val_class_hit, val_fid_domain]   # the FIRST is the primary objective (see sweep.pick_from_front)
     params:                     # required; at least one searched hyperparameter of the method
       inner_lr:    {distribution: loguniform, low: 1.0e-4, high: 1.0e-2}
       gp_weight:   {distribution: uniform, low: 1.0, high: 20.0}
@@ -21,7 +23,10 @@ Rules (each broken rule is a ``UserError`` naming the file, the key and the reas
 - ``low < high`` (``low <= high`` for ``int``); ``loguniform`` needs ``low > 0``;
 - ``fixed`` keys may be any key of the resolved run config (harness or method) and are parsed as
   the default's type, like ``--set``; a key may not be both searched and fixed;
-- the metric must be a validation metric (``val_*``): novel classes never select anything.
+- the metric must be a validation metric (``val_*``): novel classes never select anything;
+- ``metrics:`` (two or more distinct validation metrics, instead of ``metric:``/``mode:``) makes the sweep
+  multi-objective; its first entry is the *primary* objective: checkpoints are selected on it, and the
+  configuration re-trained is picked from the Pareto front by it (``orchestrator.sweep.pick_from_front``).
 
 Precedence of a trial's config: harness defaults < method defaults < ``fixed`` < CLI flags <
 ``--set`` < the trial's searched values (``--set`` on a searched key is refused by ``sweep``).
@@ -37,7 +42,7 @@ from orchestrator.errors import UserError
 from orchestrator.evaluation import registry
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
-_TOP_KEYS = {"metric", "mode", "params", "fixed"}
+_TOP_KEYS = {"metric", "mode", "metrics", "params", "fixed"}
 _PARAM_KEYS = {"distribution", "low", "high", "values", "log"}
 
 
@@ -73,18 +78,70 @@ class Param:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """A checked search space. ``metric``/``mode``: the (primary) objective; ``metrics``/``modes``: every
+    objective, in order (one entry for a single-objective sweep, the primary first)."""
+
     path: str
     metric: str
     mode: str
     params: dict[str, Param]
     fixed: dict[str, Any] = field(default_factory=dict)
+    metrics: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.metrics:
+            object.__setattr__(self, "metrics", (self.metric,))
+            object.__setattr__(self, "modes", (self.mode,))
+
+    @property
+    def multi(self) -> bool:
+        """Whether the sweep searches several objectives at once (Optuna multi-objective)."""
+        return len(self.metrics) > 1
 
     def to_tune(self) -> dict[str, Any]:
         return {name: p.to_tune() for name, p in self.params.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "mode": self.mode,
-                "params": {k: p.describe() for k, p in self.params.items()}, "fixed": dict(self.fixed)}
+        head: dict[str, Any] = {"metrics": list(self.metrics)} if self.multi else {"metric": self.metric,
+                                                                                  "mode": self.mode}
+        return {**head, "params": {k: p.describe() for k, p in self.params.items()}, "fixed": dict(self.fixed)}
+
+    def with_objectives(self, metrics: list[str], where: str = "--objectives") -> SearchSpace:
+        """This space searching ``metrics`` instead (``sweep --objectives``); checked like the file's ``metrics:``."""
+        from dataclasses import replace
+
+        names, modes = objectives(where, metrics)
+        return replace(self, metric=names[0], mode=modes[0], metrics=names, modes=modes)
+
+
+def objectives(where: str, metrics: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Check a list of objectives (validation metrics); returns (names, modes), modes from each metric's direction.
+
+    Raises UserError (naming ``where``) for a non-list, fewer than two, a repeat, or a non-validation metric."""
+    if not isinstance(metrics, (list, tuple)) or len(metrics) < 2 or not all(isinstance(m, str) and m for m in metrics):
+        raise UserError(f"{where}: expected two or more validation metrics, e.g. [val_class_hit, val_fid_domain]")
+    if len(set(metrics)) != len(metrics):
+        raise UserError(f"{where}: {', '.join(metrics)} names an objective twice; list each once")
+    return tuple(metrics), tuple(_natural_mode(where, m) for m in metrics)
+
+
+def _natural_mode(where: str, metric: str) -> str:
+    """``metric``'s declared direction (``min``/``max``, from orchestrator/evaluation/registry.py); UserError naming
+    ``where`` when it is not a validation metric, not declared, or has no better direction."""
+    if not metric.startswith("val_"):
+        raise UserError(f"{where}: metric: {metric!r} is not reported during training; use a validation "
+                        f"metric (val_fid_domain, val_class_hit, ...): novel classes never select")
+    try:
+        natural = registry.mode(metric)
+    except registry.UnknownMetric:
+        raise UserError(f"{where}: metric: {metric!r} is not a declared metric; use one the kind reports during "
+                        f"training (val_fid_domain, val_class_hit, val_accuracy, ...) or declare it in "
+                        f"orchestrator/evaluation/registry.py") from None
+    if natural is None:
+        raise UserError(f"{where}: metric: {metric} has no better direction ({registry.spec(metric).meaning}); "
+                        f"optimise a metric that has one (val_fid_domain, val_class_hit, val_accuracy, ...)")
+    return natural
 
 
 def default_path(method: str) -> Path:
@@ -166,21 +223,18 @@ def parse(data: Any, path: str | Path, method_defaults: dict[str, Any]) -> Searc
     if unknown:
         raise UserError(f"{path}: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
                         f"allowed: {', '.join(sorted(_TOP_KEYS))}")
+    multi: dict[str, Any] = {}
+    if "metrics" in data:
+        if "metric" in data or "mode" in data:
+            raise UserError(f"{path}: metrics: is given with metric:/mode:; keep one (metrics: lists every objective, "
+                            f"each searched in its own direction)")
+        names, modes = objectives(f"{path}: metrics", data["metrics"])
+        multi = {"metrics": names, "modes": modes}
+        data = {**data, "metric": names[0]}
     metric = data.get("metric")
     if not isinstance(metric, str) or not metric:
-        raise UserError(f"{path}: metric: missing; name the validation metric to optimise, e.g. metric: val_fid_domain")
-    if not metric.startswith("val_"):
-        raise UserError(f"{path}: metric: {metric!r} is not reported during training; use a validation "
-                        f"metric (val_fid_domain, val_class_hit, ...): novel classes never select")
-    try:
-        natural = registry.mode(metric)
-    except registry.UnknownMetric:
-        raise UserError(f"{path}: metric: {metric!r} is not a declared metric; use one the kind reports during "
-                        f"training (val_fid_domain, val_class_hit, val_accuracy, ...) or declare it in "
-                        f"orchestrator/evaluation/registry.py") from None
-    if natural is None:
-        raise UserError(f"{path}: metric: {metric} has no better direction ({registry.spec(metric).meaning}); "
-                        f"optimise a metric that has one (val_fid_domain, val_class_hit, val_accuracy, ...)")
+        raise UserError(f"{path}: metric: missing; name the validation metric to optimise, e.g. metric: val_class_hit")
+    natural = _natural_mode(path, metric)
     mode = data.get("mode", natural)
     if mode not in ("min", "max"):
         raise UserError(f"{path}: mode: {mode!r} is not min or max")
@@ -211,7 +265,7 @@ def parse(data: Any, path: str | Path, method_defaults: dict[str, Any]) -> Searc
         except UserError:
             raise UserError(f"{path}: fixed.{key}: {value!r} is not a {type(full[key]).__name__} "
                             f"(like {full[key]!r}); fix the value") from None
-    return SearchSpace(path=path, metric=metric, mode=mode, params=parsed, fixed=fixed)
+    return SearchSpace(path=path, metric=metric, mode=mode, params=parsed, fixed=fixed, **multi)
 
 
 def load(path: str | Path, method_defaults: dict[str, Any]) -> SearchSpace:

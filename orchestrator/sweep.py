@@ -6,8 +6,15 @@ How it fits together (Ray 2.60, Train V2):
   starts Ray or creates an MLflow run, then creates one MLflow **parent run** for the sweep
   (tags ``sweep_name``, ``sweep_role=parent``; artifacts ``search_space/<file>``, ``sweep.json``,
   ``split.json``) and runs a Tune ``Tuner`` with ``OptunaSearch`` (TPE, seeded by ``--seed``) and
-  ``ASHAScheduler`` on the search space's metric (``val_fid_domain`` by default), with
+  ``ASHAScheduler`` on the search space's metric (``val_class_hit`` in the generators' spaces), with
   ``time_attr="step"`` (the meta-step the workers report).
+- Two objectives (``--objectives M1,M2`` or the space's ``metrics:``): Optuna multi-objective
+  (``OptunaSearch(metric=[...], mode=[...])``), no ASHA (it ranks on one metric), the first objective
+  primary (checkpoints are selected on it); the Pareto front over the trials' selected checkpoints is
+  recorded on the parent (``pareto_front.json`` and a table in its note) and ``pick_from_front`` picks
+  the configuration reported as best and re-trained by ``--replicates``.
+- The sweep ends with one line (``best_trial_summary``): the best trial's novel-class ``class_hit``
+  against chance, the untrained and augmented controls, and its sample grid.
 - A trial's config: harness defaults < method defaults < ``select_metric`` = the space's metric <
   the space's ``fixed:`` < CLI flags (``--dataset``, ``--steps``, ``--budget-minutes`` ...) < ``--set``
   < the trial's searched values (``--set`` on a searched key is refused). Defaults: 4 trials of
@@ -62,6 +69,9 @@ SEARCHES = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
 DEFAULT_BUDGET_MINUTES = 1.0
 TRIAL_TAG = "tune_trial_id"
+# Pick rule of a multi-objective sweep (pick_from_front): a Pareto point qualifies when each non-primary objective
+# is within this share of the front's best value on it (|v - best| <= tol * |best|).
+PARETO_TOLERANCE = 0.25
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +95,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TPE's random start-up trials before it models the results "
                         "(default max(2, trials // 3); Optuna's own 10 would make a small sweep pure random)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
-                   help="asha (default): stop trials that trail at each rung; none: every trial runs its budget")
+                   help="asha (default): stop trials that trail at each rung; none: every trial runs its budget "
+                        "(a multi-objective sweep runs without ASHA: it ranks trials on one metric)")
+    p.add_argument("--objectives", metavar="M1,M2",
+                   help="search several validation metrics at once (Optuna multi-objective), e.g. "
+                        "val_class_hit,val_fid_domain: the first is primary (checkpoints are selected on it, and the "
+                        "re-trained configuration is the Pareto point best on it among those within "
+                        f"{PARETO_TOLERANCE:.0%} of the front's best on every other objective); replaces the space's metric")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a non-searched config value for every trial")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
@@ -203,9 +219,11 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any] | None = None, data=None)
         # Finished before the driver died but after Tune last saved its state: do not train again.
         print(f"trial {trial_id}: child run {existing.info.run_id} already finished", flush=True)
         # Replay its validation history so Tune's record (searcher, scheduler, results) is complete again.
-        metric = ctx["metric"]
-        for m in tracking.client(uri).get_metric_history(existing.info.run_id, metric):
-            tune.report({"step": int(m.step), metric: float(m.value)})
+        histories = {metric: {int(m.step): float(m.value) for m in
+                              tracking.client(uri).get_metric_history(existing.info.run_id, metric)}
+                     for metric in ctx.get("metrics") or [ctx["metric"]]}
+        for step in sorted(set().union(*histories.values())):
+            tune.report({"step": step, **{k: h[step] for k, h in histories.items() if step in h}})
         return
     after = 0
     if existing is not None:
@@ -239,7 +257,54 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     summary = _resume(args, uri) if args.resume else _start(args, uri)
     _print_compare(uri, summary)
     _log(f"open it in MLflow's UI: {ui_hint(uri, summary['parent_run_id'])}")
+    line = best_trial_summary(uri, summary)
+    if line:
+        print(line, flush=True)
     return summary
+
+
+def best_trial_summary(uri: str, summary: dict[str, Any]) -> str | None:
+    """The sweep's last words: its best trial's novel-class ``class_hit`` against chance, the untrained control
+    (``class_hit_scratch``) and the augmented control (``class_hit_augmented``, "n/a" where the run has none),
+    the paired lift over the untrained control with its 95% interval over the novel classes, a verdict, and
+    the path of the trial's sample grid. None when the best trial has no ``class_hit`` (a classifier's sweep)."""
+    from orchestrator import tracking
+    from orchestrator.evaluation.stats import paired_difference_ci
+
+    run_id = summary.get("best_run_id")
+    if not run_id or run_id == "None":
+        return None
+    run = tracking.client(uri).get_run(run_id)
+    m = run.data.metrics
+    if "class_hit" not in m:
+        return None
+
+    def f(key: str) -> str:
+        return f"{m[key]:.3f}" if key in m and math.isfinite(m[key]) else "n/a"
+
+    lift, verdict = "", "not above the untrained control at this budget"
+    try:
+        per = tracking.load_json_artifact(uri, run_id, "per_class_novel_samples.json")["per_class"]
+        import numpy as np
+
+        a = np.array(per["class_hit"], dtype=float)
+        b = np.array(per["class_hit_scratch"], dtype=float)
+        d = paired_difference_ci(a, b)
+        # A difference of two shares lies in [-1, 1]: the small-sample expansion (few classes) can reach past it.
+        low, high = max(d.low, -1.0), min(d.high, 1.0)
+        lift = f"; lift over untrained {d.mean:+.3f} [{low:+.3f}, {high:+.3f}] over {a.size} novel classes"
+        if d.separated and d.mean > 0:
+            verdict = "above the untrained control (interval excludes 0)"
+        elif d.mean > 0:
+            verdict = "above the untrained control on the point estimate only (interval covers 0): not a result"
+    except (UserError, KeyError, ValueError):
+        if "class_hit_scratch" in m and m["class_hit"] > m["class_hit_scratch"]:
+            verdict = "above the untrained control on the point estimate only: not a result"
+    artifacts = run.info.artifact_uri
+    grid = f"{artifacts.removeprefix('file://')}/samples/novel_samples.png"
+    return (f"summary: best trial {summary.get('best_trial_id')} (run {run_id}, one seed): novel class_hit "
+            f"{f('class_hit')} vs chance {f('chance')}, untrained control {f('class_hit_scratch')}, augmented "
+            f"control {f('class_hit_augmented')}{lift}: {verdict}. Sample grid: {grid}")
 
 
 def ui_hint(uri: str, parent_run_id: str) -> str:
@@ -312,6 +377,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
                         f"with (or leave --replicates out)")
     space_path = Path(args.space) if args.space else search_space.default_path(args.method)
     space = search_space.load(space_path, cls.default_config)
+    if args.objectives:
+        space = space.with_objectives([m.strip() for m in args.objectives.split(",") if m.strip()])
     for item in args.set:
         key = item.split("=", 1)[0].strip()
         if key in space.params:
@@ -351,6 +418,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
                                                                "cpus_per_worker", "gpus_per_worker", "seed",
                                                                "search", "scheduler", "startup_trials")})
         parent_params.update({"sweep.metric": space.metric, "sweep.mode": space.mode,
+                              **({"sweep.objectives": ",".join(space.metrics),
+                                  "sweep.pareto_tolerance": PARETO_TOLERANCE} if space.multi else {}),
                               "sweep.space_file": str(space_path),
                               **{f"space.{k}": json.dumps(p.describe()) for k, p in space.params.items()}})
         parent = tracking.start_run(uri, sweep["experiment"], name, parent_params, {
@@ -361,12 +430,12 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         sweep["parent_run_id"] = parent
         sweep["split"] = split.to_dict()
         tracking.describe_run(uri, parent, title=f"**sweep {name}**: {trials} trials of {args.method} on {cfg['dataset']}, "
-                                                 f"searching {', '.join(space.params)} ({space.mode} {space.metric})")
+                                                 f"searching {', '.join(space.params)} ({_objectives_text(space)})")
         tracking.log_file(uri, parent, space_path, "search_space")
         tracking.log_dict(uri, parent, sweep, "sweep.json")
         tracking.log_dict(uri, parent, split.to_dict(), "split.json")
         _log(f"sweep {name}: {trials} trials of {args.method} on {cfg['dataset']}, searching "
-             f"{', '.join(space.params)} ({space.mode} {space.metric}); MLflow parent run {parent} in {uri}")
+             f"{', '.join(space.params)} ({_objectives_text(space)}); MLflow parent run {parent} in {uri}")
         _log(f"interrupted? continue with: python -m orchestrator sweep {args.method} --resume {name}")
         _log(f"Optuna study {name} kept in {sweep['optuna_storage']} (open it with: "
              f"optuna-dashboard {sweep['optuna_storage']})")
@@ -391,7 +460,8 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
                                          ("--startup-trials", args.startup_trials),
                                          ("--search", args.search != "tpe"),
                                          ("--scheduler", args.scheduler != "asha"),
-                                         ("--replicates", args.replicates != 1)) if value]
+                                         ("--replicates", args.replicates != 1),
+                                         ("--objectives", args.objectives)) if value]
     if changed:
         raise UserError(f"--resume {args.resume} continues the sweep exactly as it was started (its sweep.json); "
                         f"drop {', '.join(changed)}")
@@ -523,7 +593,8 @@ def trial_trainable(sweep: dict[str, Any], uri: str, prep):
         "trial_storage": _join(sweep["storage"], "sweep_trials", sweep["name"]),
         "workers": sweep["workers_per_trial"], "cpus_per_worker": sweep["cpus_per_worker"],
         "gpus_per_worker": sweep["gpus_per_worker"], "max_failures": sweep["max_failures"],
-        "metric": sweep["space"]["metric"], "resumable_sweep": "tune_path" in sweep,  # replicates have no Tune state to resume
+        "metric": (sweep["space"].get("metrics") or [sweep["space"]["metric"]])[0],
+        "metrics": sweep["space"].get("metrics"), "resumable_sweep": "tune_path" in sweep,  # replicates have no Tune state to resume
     }
     import ray
 
@@ -556,23 +627,30 @@ def _tune(sweep: dict[str, Any], uri: str, prep, *, restore: bool) -> dict[str, 
             concurrency = sweep["concurrency"] or _auto_concurrency(sweep)
             steps = int(cfg["steps"])
             grace = max(1, int(cfg["eval_every"]))
+            # ASHA ranks trials on one metric, so a multi-objective sweep runs every trial to its budget (FIFO): a
+            # trial behind on the primary objective may be on the Pareto front by another.
             scheduler = ASHAScheduler(time_attr="step", max_t=max(steps, grace) if steps > 0 else 10 ** 9,
                                       grace_period=grace, reduction_factor=2, stop_last_trials=False) \
-                if sweep.get("scheduler", "asha") == "asha" else None  # None: Tune's FIFO, every trial to the end
+                if sweep.get("scheduler", "asha") == "asha" and not space.multi else None  # None: FIFO
             # The study lives in a journal file beside the sweep (one study per sweep name): only this driver's
             # OptunaSearch writes it, optuna-dashboard and optuna.load_study read it, and a resumed sweep's
             # restored searcher reopens the same file (Tune pickles the searcher with its storage).
+            # Multi-objective: OptunaSearch takes the lists (a study with one direction per objective; it is told each
+            # trial's last reported values) and the Tuner gets no single metric.
+            objective = {"metric": list(space.metrics), "mode": list(space.modes)} if space.multi else {}
             searcher = OptunaSearch(sampler=_sampler(sweep, concurrency), study_name=sweep["name"],
-                                    storage=study_storage(sweep["optuna_storage"]))
+                                    storage=study_storage(sweep["optuna_storage"]), **objective)
             tuner = tune.Tuner(
                 trainable, param_space=space.to_tune(),
-                tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode,
+                tune_config=tune.TuneConfig(metric=None if space.multi else space.metric,
+                                            mode=None if space.multi else space.mode,
                                             search_alg=searcher, scheduler=scheduler,
                                             num_samples=int(sweep["trials"]), max_concurrent_trials=concurrency),
                 run_config=tune.RunConfig(name=sweep["name"], storage_path=sweep["storage"],
                                           failure_config=tune.FailureConfig(max_failures=0)),
             )
-            stopping = f"ASHA on {space.metric} every {grace} steps" if scheduler else "no early stopping"
+            stopping = f"ASHA on {space.metric} every {grace} steps" if scheduler else \
+                "no early stopping" + (" (multi-objective: ASHA needs one metric)" if space.multi else "")
             _log(f"{concurrency} trial(s) at a time, {sweep['workers_per_trial']} worker(s) each; "
                  f"{sweep.get('search', 'tpe')} search; {stopping}")
         import signal
@@ -807,6 +885,17 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
         if best_value is None or (v < best_value if mode == "min" else v > best_value):
             best_tid, best_value = tid, v
             best_config = {k: by_id[tid].config[k] for k in space.params if k in by_id[tid].config}
+    front_lines: tuple[str, ...] = ()
+    if space.multi:  # the configuration re-trained is picked from the Pareto front (pick_from_front), not by one metric
+        points = [p for p in (trial_point(uri, run_id, tid, space) for tid, run_id in child_of.items()) if p]
+        for p in points:
+            p["config"] = {k: by_id[p["trial_id"]].config[k] for k in space.params if k in by_id[p["trial_id"]].config}
+        front = pareto_front(points, space.metrics, space.modes)
+        picked = pick_from_front(front, space.metrics, space.modes) if front else None
+        best_tid = picked["trial_id"] if picked else None
+        best_value = picked["values"][space.metric] if picked else None
+        best_config = picked["config"] if picked else None
+        front_lines = _record_front(uri, parent, space, points, front, picked)
     summary: dict[str, Any] = {
         "sweep_name": sweep["name"], "parent_run_id": parent, "method": sweep["method"],
         "dataset": sweep["config"]["dataset"], "metric": metric, "mode": mode,
@@ -816,6 +905,9 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
     }
     tracking.log_metrics(uri, parent, {"trials_completed": completed, "trials_stopped_early": stopped,
                                        "trials_errored": errored})
+    if space.multi:
+        summary["objectives"] = list(space.metrics)
+        summary["pareto_front"] = [{"trial_id": p["trial_id"], "run_id": p["run_id"], **p["values"]} for p in front]
     if best_tid is not None:
         _evaluate_if_stopped(sweep, uri, child_of[best_tid], prep)
         _record_best(uri, parent, summary)
@@ -823,7 +915,8 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
     tracking.describe_run(uri, parent, title=(
         f"**sweep {sweep['name']}**: {sweep['method']} on {sweep['config']['dataset']}, {completed} of {sweep['trials']} "
         f"trials completed ({stopped} stopped early by ASHA, {errored} errored)"), lines=(
-        f"best trial {best_tid} (run {child_of.get(best_tid)}): best {metric} {best_value} with {best_config}",))
+        f"best trial {best_tid} (run {child_of.get(best_tid)}): best {metric} {best_value} with {best_config}",
+        *front_lines))
     if interrupted:  # Tune stopped on Ctrl-C, or on SIGTERM handed to its Ctrl-C handler (_signals)
         import signal
 
@@ -834,6 +927,106 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
     tracking.end_run(uri, parent, "FINISHED" if completed else "FAILED")
     _log(f"sweep {sweep['name']}: best trial {best_tid} ({metric}={best_value}) {best_config}")
     return summary
+
+
+def _objectives_text(space) -> str:
+    """'max val_class_hit' or, for a multi-objective space, every objective and which one is primary."""
+    if space.multi:
+        return (", ".join(f"{mo} {m}" for m, mo in zip(space.metrics, space.modes)) +
+                f": multi-objective, primary {space.metric}")
+    return f"{space.mode} {space.metric}"
+
+
+def trial_point(uri: str, run_id: str, trial_id: str, space) -> dict[str, Any] | None:
+    """One trial's objective values, read from its child run's metric histories, at its selected checkpoint.
+
+    The step is the run's ``selected_step`` tag (its checkpoint, chosen on the primary objective), else the step
+    of its best primary value. Returns ``{"trial_id", "run_id", "step", "values": {objective: float}}``, or None
+    when any objective has no finite value at that step (an errored or unevaluated trial is not on any front).
+    """
+    from orchestrator import tracking
+
+    c = tracking.client(uri)
+    hist = {m: {int(h.step): float(h.value) for h in c.get_metric_history(run_id, m) if math.isfinite(h.value)}
+            for m in space.metrics}
+    primary = hist[space.metric]
+    if not primary:
+        return None
+    tag = c.get_run(run_id).data.tags.get("selected_step")
+    if tag is not None and tag.isdigit() and int(tag) in primary:
+        step = int(tag)
+    else:
+        pick = max if space.mode == "max" else min
+        step = pick(primary, key=lambda k: (primary[k], k) if space.mode == "max" else (primary[k], -k))
+    if any(step not in h for h in hist.values()):
+        return None
+    return {"trial_id": trial_id, "run_id": run_id, "step": step, "values": {m: h[step] for m, h in hist.items()}}
+
+
+def pareto_front(points: list[dict[str, Any]], metrics: tuple[str, ...] | list[str],
+                 modes: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+    """The non-dominated ``points`` (each with ``values``: objective -> float), by Optuna's own Pareto computation
+    (``Study.best_trials`` of a study with one direction per objective, ``"min"``/``"max"`` in ``modes``).
+    Order: as in ``points``. An empty list gives an empty front."""
+    import optuna
+
+    if not points:
+        return []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize" if m == "max" else "minimize" for m in modes])
+    for i, p in enumerate(points):
+        study.add_trial(optuna.trial.create_trial(values=[float(p["values"][m]) for m in metrics],
+                                                  user_attrs={"index": i}))
+    keep = {t.user_attrs["index"] for t in study.best_trials}
+    return [p for i, p in enumerate(points) if i in keep]
+
+
+def pick_from_front(front: list[dict[str, Any]], metrics: tuple[str, ...] | list[str],
+                    modes: tuple[str, ...] | list[str], tolerance: float = PARETO_TOLERANCE) -> dict[str, Any]:
+    """The configuration a multi-objective sweep re-trains (``--replicates``) and reports as its best.
+
+    Rule: among the Pareto points, those whose every non-primary objective is within ``tolerance`` of the
+    front's best value on it (``|v - best| <= tolerance * |best|``) qualify; of them, the one best on the primary
+    objective (``metrics[0]``) wins (ties: the better second objective, then the earlier point). The point best
+    on the primary objective overall qualifies when nothing else does, so the rule always picks. E.g. with
+    ``[val_class_hit, val_fid_domain]`` and 0.25: the highest validation class_hit among the points whose FID
+    is at most 25% above the front's lowest. Raises ValueError on an empty front.
+    """
+    if not front:
+        raise ValueError("an empty Pareto front has no point to pick")
+    sign = {m: (1.0 if mo == "max" else -1.0) for m, mo in zip(metrics, modes)}
+
+    def ok(p: dict[str, Any]) -> bool:
+        for m in metrics[1:]:
+            best = max(sign[m] * q["values"][m] for q in front) * sign[m]
+            if abs(p["values"][m] - best) > tolerance * abs(best):
+                return False
+        return True
+
+    qualified = [p for p in front if ok(p)] or front
+    return max(qualified, key=lambda p: tuple(sign[m] * p["values"][m] for m in metrics[:2]))
+
+
+def _record_front(uri: str, parent: str, space, points: list[dict], front: list[dict],
+                  picked: dict | None) -> tuple[str, ...]:
+    """``pareto_front.json`` on the parent run (every trial's point, the front, the rule, the pick); returns the
+    run note's lines (a markdown table of the front)."""
+    from orchestrator import tracking
+
+    on_front = {p["trial_id"] for p in front}
+    rule = (f"among Pareto points whose {', '.join(space.metrics[1:])} is within {PARETO_TOLERANCE:.0%} of the "
+            f"front's best, the one best on {space.metric} (primary)")
+    tracking.log_dict(uri, parent, {
+        "objectives": list(space.metrics), "modes": list(space.modes), "primary": space.metric,
+        "tolerance": PARETO_TOLERANCE, "rule": rule, "picked_trial_id": picked["trial_id"] if picked else None,
+        "front": [p["trial_id"] for p in front],
+        "trials": [{**{k: p[k] for k in ("trial_id", "run_id", "step", "values", "config")},
+                    "on_front": p["trial_id"] in on_front} for p in points]}, "pareto_front.json")
+    header = "| trial | step | " + " | ".join(space.metrics) + " | picked |"
+    rows = [f"| {p['trial_id']} | {p['step']} | " + " | ".join(f"{p['values'][m]:.4g}" for m in space.metrics) +
+            f" | {'yes' if picked and p['trial_id'] == picked['trial_id'] else ''} |" for p in front]
+    return (f"Pareto front ({len(front)} of {len(points)} trials; pareto_front.json); picked: {rule}", "",
+            header, "|" + "---|" * (len(space.metrics) + 3), *rows, "")
 
 
 def _evaluate_if_stopped(sweep: dict[str, Any], uri: str, run_id: str, prep) -> None:

@@ -614,7 +614,7 @@ def test_default_space_sweep_is_a_parent_with_two_children(store, capsys):
 
     space = search_space.load(search_space.default_path("mfh"), MFH.default_config)
     assert set(space.params) == {"lr", "recon_weight", "diversity_weight", "balance_weight", "margin",
-                                 "memory_size", "gumbel_tau"} and (space.metric, space.mode) == ("val_fid_domain", "min")
+                                 "memory_size", "gumbel_tau"} and (space.metric, space.mode) == ("val_class_hit", "max")
     pairs = [FAST[i:i + 2] for i in range(0, len(FAST), 2)]
     tiny = [a for pair in pairs if not pair[1].startswith("memory_size=") for a in pair]  # searched keys are refused
     rc = main(["sweep", "mfh", "--trials", "2", "--concurrency", "2", "--steps", "2", "--seed", "1",

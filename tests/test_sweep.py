@@ -101,7 +101,7 @@ def test_figr_space_maps_to_optuna_distributions():
 
     space = search_space.load(search_space.default_path("figr"), FIGR)
     assert set(space.params) == {"inner_lr", "meta_lr", "inner_steps", "gp_weight"}
-    assert (space.metric, space.mode) == ("val_fid_domain", "min")
+    assert (space.metric, space.mode) == ("val_class_hit", "max")  # issue 21: selection on class-specificity
     dists = dict(OptunaSearch.convert_search_space(space.to_tune()))
     assert dists["inner_lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     assert dists["meta_lr"] == optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
