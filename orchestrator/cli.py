@@ -80,6 +80,11 @@ def parser() -> argparse.ArgumentParser:
                         "metrics and the mean and 95%% interval over seeds and classes")
     e.add_argument("--n-generate", type=int, help="images generated per novel class (default 128)")
     e.add_argument("--inception-weights")
+    e.add_argument("--protocol", choices=("default", "lofgan"), default="default",
+                   help="lofgan: LoFGAN's main_metric.py procedure (orchestrator/evaluation/lofgan.py)")
+    e.add_argument("--variant", metavar="KEY=VALUE,...",
+                   help="with --protocol lofgan: preset=published|seeded|f2dgan and overrides seed, permute, reals, "
+                        "pool, shots, fakes, resize, fid (e.g. preset=seeded,fakes=256)")
     _common(e)
 
     g = sub.add_parser("generate", help="adapt a trained run on your images and write new ones")
@@ -151,6 +156,13 @@ def _dispatch(args: argparse.Namespace) -> dict:
         return pipeline.run_train(args.method, overrides, sets, scale=scale, uri=uri,
                                   experiment=args.experiment or tracking.DEFAULT_EXPERIMENT, address=args.address,
                                   inception_weights=args.inception_weights, resume=args.resume)
+    if args.command == "evaluate" and args.protocol == "lofgan":
+        if args.n_generate is not None:
+            raise UserError("--n-generate: the LoFGAN protocol's fakes per class are --variant fakes=N (default 128)")
+        return pipeline.run_evaluate_lofgan(args.run_id, uri=uri, seed=args.eval_seed, variant=args.variant,
+                                            inception_weights=args.inception_weights)
+    if args.command == "evaluate" and args.variant:
+        raise UserError("--variant applies to --protocol lofgan; add --protocol lofgan or drop --variant")
     if args.command == "evaluate":
         return pipeline.run_evaluate(args.run_id, uri=uri, seed=args.eval_seed, n_generate=args.n_generate,
                                      inception_weights=args.inception_weights)
