@@ -158,3 +158,32 @@ def test_bad_variant_is_a_user_error(text, needle):
 def test_variant_string_names_every_choice():
     assert lofgan.parse_variant("preset=seeded,fakes=256").describe() == (
         "preset=seeded,seed=0,permute=0,reals=all,pool=benchmark,shots=3,fakes=256,resize=pytorch-fid,fid=pooled")
+
+
+def test_sensitivity_rows_and_table(npy):
+    """scripts/protocol_sensitivity.py's rows on the synthetic dataset: every row evaluated per seed, paired
+    differences from the baseline; a row identical to the baseline (v1 vs itself) has Δ = 0."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "protocol_sensitivity", Path(__file__).resolve().parents[1] / "scripts" / "protocol_sensitivity.py")
+    ps = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ps  # its dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(ps)
+    arr, ds, split = npy
+    rows = ps.run_rows(MeanOfShots(), ds, split, "flowers-npy", {"domain": SmallFeatures()}, [0, 1],
+                       rows=["lofgan-seeded", "lofgan-published", "lofgan-v1", "shots-k", "fakes-more", "per-class",
+                             "inception"], more_fakes=160, progress=False)
+    names = [r.name for r in rows]
+    assert names == ["lofgan-seeded", "lofgan-published", "lofgan-v1", "shots-k", "fakes-more", "per-class"]
+    assert all(len(r.fid) == 2 and len(r.div) == 2 for r in rows)  # the inception row is skipped without features
+    base = rows[0]
+    assert base.fid[0] != base.fid[1]  # seeds matter
+    more = rows[4]
+    assert more.fid != base.fid
+    table = ps.markdown(rows)
+    assert table.count("\n") == len(rows) + 1 and "lofgan_diversity_domain" in table
+    m, lo, hi = ps.t_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and lo < 2.0 < hi
