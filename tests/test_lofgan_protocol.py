@@ -6,7 +6,9 @@ collecting the ids the script would write or feed to its generator.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +189,53 @@ def test_sensitivity_rows_and_table(npy):
     assert table.count("\n") == len(rows) + 1 and "lofgan_diversity_domain" in table
     m, lo, hi = ps.t_interval([1.0, 2.0, 3.0])
     assert m == 2.0 and lo < 2.0 < hi
+
+
+MFH_FAST = ["--set", "width=4", "--set", "memory_size=6", "--set", "ci_dim=8", "--set", "cr_dim=8",
+            "--set", "eval_every=2", "--set", "select_metric=last", "--set", "val_generate=72",
+            "--set", "n_generate=40"]
+
+
+def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local):
+    """A real run (mfh, 4 steps) on a synthetic flowers-npy; `evaluate --protocol lofgan` is a child run whose
+    cmp.* tags say how it was measured, and it is told apart from the default protocol's evaluation."""
+    from orchestrator import tracking
+    from orchestrator.cli import main
+
+    arr = np.random.default_rng(1).integers(0, 256, size=(88, 14, 32, 32, 3), dtype=np.uint8)
+    path = tmp_path / "flowers.npy"
+    np.save(path, arr)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    assert main(["train", "mfh", "--dataset", "flowers-npy", "--data-root", str(path), "--steps", "4",
+                 "--tracking-uri", uri, *MFH_FAST]) == 0
+    c = tracking.client(uri)
+    parent = [r for r in c.search_runs([c.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id])
+              if "evaluates" not in r.data.tags and r.info.status == "FINISHED"][0]
+    rid = parent.info.run_id
+    assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=seeded,fakes=16",
+                 "--eval-seed", "0", "1", "--tracking-uri", uri]) == 0
+    assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=seeded,fakes=16",
+                 "--eval-seed", "2", "--tracking-uri", uri]) == 0
+    assert main(["evaluate", rid, "--eval-seed", "0", "--n-generate", "16", "--tracking-uri", uri]) == 0
+    children = c.search_runs([parent.info.experiment_id], f"tags.evaluates = '{rid}'")
+    lof = sorted([r for r in children if r.data.tags.get("cmp.protocol") == "lofgan"],
+                 key=lambda r: r.data.tags["cmp.eval_seeds"])
+    default = [r for r in children if r.data.tags.get("cmp.protocol") != "lofgan"]
+    assert len(lof) == 2 and len(default) == 1
+    t = lof[0].data.tags
+    assert t["cmp.protocol_variant"] == ("preset=seeded,seed=0,permute=0,reals=all,pool=benchmark,shots=3,"
+                                         "fakes=16,resize=pytorch-fid,fid=pooled")
+    assert t["cmp.dataset"] == "flowers-npy" and t["cmp.features"] == "domain" and t["cmp.eval_seeds"] == "0,1"
+    assert t["cmp.shots"] == "3" and t["cmp.n_generate"] == "16" and t["lofgan.comparable_with_published"] == "0"
+    assert len(t["cmp.shot_indices_sha256"]) == 64
+    assert lof[1].data.tags["cmp.shot_indices_sha256"] != t["cmp.shot_indices_sha256"]  # seed 2 draws other shots
+    m = lof[0].data.metrics
+    assert m["lofgan_n_fakes_seed0"] == 3 * 16 and m["lofgan_n_reals_seed1"] == 3 * 4  # 14 images - pool 10
+    assert "lofgan_diversity_domain_mean" in m and "lofgan_fid_domain_seed0" in m
+    record = json.loads(Path(c.download_artifacts(lof[0].info.run_id, "lofgan.json", str(tmp_path))).read_text())
+    assert [s["drawn_seed"] for s in record["seeds"]] == [0, 1] and record["classes"] == [85, 86, 87]
+    # bad input: one line, exit 2, nothing recorded
+    assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=nope", "--tracking-uri", uri]) == 2
+    assert main(["evaluate", rid, "--variant", "preset=seeded", "--tracking-uri", uri]) == 2
+    assert len(c.search_runs([parent.info.experiment_id], f"tags.evaluates = '{rid}'")) == 3
