@@ -142,6 +142,9 @@ def test_evaluation_records_variant_hash_and_reproduces_an_unseeded_draw(npy):
     rep = lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, fixed, num=10, progress=False)
     assert rep.shot_sha256 == u.shot_sha256
     assert rep.metrics["lofgan_fid_domain"] == pytest.approx(u.metrics["lofgan_fid_domain"], rel=1e-9)
+    with pytest.raises(UserError, match="resize=antialias"):  # a 299-px resize is Inception's, not domain features'
+        lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, lofgan.parse_variant("resize=antialias"),
+                               num=10, progress=False)
 
 
 def test_unloader_quantisation_truncates():

@@ -305,6 +305,9 @@ def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, vari
     Inception features); per class lists for the per-class metrics.
     """
     classes = [int(c) for c in classes]
+    if variant.resize == "antialias" and features.kind != "inception":
+        raise UserError(f"--variant resize=antialias resizes to Inception's 299 px; the features here are "
+                        f"{features.kind}: drop resize=antialias or pass --inception-weights")
     n_images = {len(ds.class_indices(c)) for c in classes}
     if len(n_images) != 1:
         raise UserError(f"LoFGAN protocol: the unseen classes hold {sorted(n_images)} images; it needs one count "
