@@ -235,7 +235,8 @@ def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local
     assert lof[1].data.tags["cmp.shot_indices_sha256"] != t["cmp.shot_indices_sha256"]  # seed 2 draws other shots
     m = lof[0].data.metrics
     assert m["lofgan_n_fakes_seed0"] == 3 * 16 and m["lofgan_n_reals_seed1"] == 3 * 4  # 14 images - pool 10
-    assert "lofgan_diversity_domain_mean" in m and "lofgan_fid_domain_seed0" in m
+    assert "lofgan_diversity_domain_mean" in m and "lofgan_diversity_domain_seed1" in m
+    assert m["lofgan_fid_domain_computed_seed0"] == 0  # 48 fakes in 64-d: refused (NaN, not logged), never regularised
     record = json.loads(Path(c.download_artifacts(lof[0].info.run_id, "lofgan.json", str(tmp_path))).read_text())
     assert [s["drawn_seed"] for s in record["seeds"]] == [0, 1] and record["classes"] == [85, 86, 87]
     # bad input: one line, exit 2, nothing recorded
