@@ -50,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train a method under Ray Train, then evaluate it on novel classes",
                         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("method", nargs="?", help="method key, e.g. figr")
-    t.add_argument("--dataset", help="digits (default, no download), omniglot, mnist, fashion-mnist, folder")
+    t.add_argument("--dataset", help="digits (default, no download), omniglot, mnist, fashion-mnist, folder, "
+                                     "flowers-npy, animalfaces-npy, vggface-npy (LoFGAN .npy arrays)")
     t.add_argument("--data-root", help="local folder holding the dataset's files")
     t.add_argument("--image-size", type=int)
     t.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB")
@@ -87,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--n-generate", type=int, help="images generated per novel class (default 128)")
     e.add_argument("--inception-weights")
     e.add_argument("--data-root", help="the folder the run's dataset moved to (checked against the digests it recorded)")
+    e.add_argument("--protocol", choices=("default", "lofgan"), default="default",
+                   help="lofgan: LoFGAN's main_metric.py procedure (orchestrator/evaluation/lofgan.py)")
+    e.add_argument("--variant", metavar="KEY=VALUE,...",
+                   help="with --protocol lofgan: preset=published|seeded|f2dgan and overrides seed, permute, reals, "
+                        "pool, shots, fakes, resize, fid (e.g. preset=seeded,fakes=256)")
     _common(e)
 
     g = sub.add_parser("generate", help="adapt a trained run on your images and write new ones")
@@ -161,6 +167,16 @@ def _dispatch(args: argparse.Namespace) -> dict:
         return pipeline.run_train(args.method, overrides, sets, scale=scale, uri=uri,
                                   experiment=args.experiment or tracking.DEFAULT_EXPERIMENT, address=args.address,
                                   inception_weights=args.inception_weights, resume=args.resume)
+    if args.command == "evaluate" and args.protocol == "lofgan":
+        if args.n_generate is not None:
+            raise UserError("--n-generate: the LoFGAN protocol's fakes per class are --variant fakes=N (default 128)")
+        if args.data_root:
+            raise UserError("--data-root is not supported with --protocol lofgan yet: evaluate with the default "
+                            "protocol, or restore the dataset at the path the run recorded")
+        return pipeline.run_evaluate_lofgan(args.run_id, uri=uri, seed=args.eval_seed, variant=args.variant,
+                                            inception_weights=args.inception_weights)
+    if args.command == "evaluate" and args.variant:
+        raise UserError("--variant applies to --protocol lofgan; add --protocol lofgan or drop --variant")
     if args.command == "evaluate":
         return pipeline.run_evaluate(args.run_id, uri=uri, seed=args.eval_seed, n_generate=args.n_generate,
                                      inception_weights=args.inception_weights, data_root=args.data_root)

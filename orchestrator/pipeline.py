@@ -143,6 +143,74 @@ def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_gener
     return {"run_id": child, "evaluated_run_id": run_id, "eval_seed": seeds[0], **metrics}
 
 
+def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, variant: str | None,
+                        inception_weights: str | None, adapt_steps: int | None = None) -> dict[str, Any]:
+    """LoFGAN's main_metric.py procedure (``evaluation.lofgan``) on a finished generator run, as a child run of it.
+
+    ``seed``: evaluation seed(s); for a seeded variant each replaces the variant's seed, for an unseeded one each
+    is one more run of the script (a fresh drawn seed, recorded). ``variant``: ``evaluation.lofgan.parse_variant``'s
+    text. Several seeds log ``<metric>_seed<s>`` and the mean and 95% interval over seeds and classes
+    (``stats.summarize_seeds``). Tags: ``cmp.protocol=lofgan``, ``cmp.protocol_variant``, ``cmp.shot_indices_sha256``
+    (of the first seed; every seed's in ``lofgan.json``) and the comparability keys known here.
+    """
+    from orchestrator.evaluation import lofgan
+    from orchestrator.evaluation.stats import summarize_seeds
+
+    v = lofgan.parse_variant(variant)
+    seeds = None if seed is None else ([int(seed)] if isinstance(seed, int) else [int(s) for s in seed])
+    if seeds is not None and (len(set(seeds)) != len(seeds) or min(seeds) < 0):
+        raise UserError(f"--eval-seed {' '.join(map(str, seeds))}: pass distinct seeds >= 0")
+    method, cfg, split_dict, state = load_run(uri, run_id)
+    require_generator(method, run_id, "evaluate --protocol lofgan")
+    seeds = seeds or [v.seed if v.seed is not None else int(cfg["eval_seed"])]
+    prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights)
+    ds, split = prep.ds, prep.split
+    num = lofgan.pool_size(cfg["dataset"], v)
+    features = prep.aids.final
+    lp = lofgan.lofgan_lpips_model(cfg.get("lpips_weights"))
+    model = build_method(method, cfg, ds.image_shape, num_classes=ds.num_classes)
+    model.load_state_dict(state["state"])
+    parent = tracking.get_run(uri, run_id)
+    experiment = tracking.client(uri).get_experiment(parent.info.experiment_id).name
+    tags = {"evaluates": run_id, "cmp.protocol": "lofgan", "cmp.protocol_variant": v.describe(),
+            "cmp.dataset": str(cfg["dataset"]), "cmp.split_seed": str(split.seed),
+            "cmp.image_size": str(cfg["image_size"]), "cmp.channels": str(cfg["channels"]),
+            "cmp.features": features.kind, "cmp.shots": str(v.shots), "cmp.n_generate": str(v.fakes),
+            "cmp.adapt_steps": "method" if adapt_steps is None else str(adapt_steps),
+            "cmp.eval_seeds": ",".join(map(str, seeds)) if v.seed is not None else "none"}
+    child = lifecycle.open_run(uri, experiment, f"evaluate-lofgan-{v.preset}", prep, tags, parent_run_id=run_id)
+    try:
+        results, out = [], {}
+        for s in seeds:
+            r = lofgan.evaluate_lofgan(model, ds, split.novel, features, v, num=num,
+                                       eval_seed=None if v.seed is None else s, adapt_steps=adapt_steps,
+                                       lpips_model=lp)
+            results.append(r)
+            suffix = f"_seed{s}" if len(seeds) > 1 else ""
+            tracking.log_metrics(uri, child, {f"{k}{suffix}": x for k, x in r.metrics.items() if x == x},
+                                 int(state.get("step", 0)))
+            out.update({f"{k}{suffix}": x for k, x in r.metrics.items()})
+        if len(seeds) > 1:
+            summary = summarize_seeds([{"metrics": r.metrics, "per_class": r.per_class} for r in results])
+            tracking.log_metrics(uri, child, {k: x for k, x in summary.items() if x == x}, int(state.get("step", 0)))
+            out.update(summary)
+        tracking.set_tags(uri, child, {"cmp.shot_indices_sha256": results[0].shot_sha256,
+                                       "lofgan.comparable_with_published": str(int(results[0].comparable))})
+        tracking.log_dict(uri, child, {"variant": v.describe(), "pool": num, "classes": results[0].classes,
+                                       "seeds": [{"eval_seed": s, "drawn_seed": r.drawn_seed,
+                                                  "shot_indices_sha256": r.shot_sha256, "metrics": r.metrics,
+                                                  "per_class": r.per_class, "not_computed": r.not_computed,
+                                                  "notes": r.notes} for s, r in zip(seeds, results)]},
+                          "lofgan.json")
+        tracking.end_run(uri, child)
+    except BaseException:
+        lifecycle._end_quietly(uri, child, "FAILED")
+        raise
+    return {"run_id": child, "evaluated_run_id": run_id, "protocol": "lofgan", "variant": v.describe(),
+            "drawn_seeds": [r.drawn_seed for r in results], "comparable_with_published": results[0].comparable,
+            "notes": results[0].notes, **out}
+
+
 def run_generate(run_id: str, images: list[str], *, uri: str, n: int, out: Path, seed: int,
                  save_images: Path | None, steps: int | None, interpolate: bool = False) -> dict[str, Any]:
     """Adapt on ``images`` and write a grid of ``n`` new images; with ``interpolate``, a one-row strip

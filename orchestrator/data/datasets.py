@@ -45,7 +45,37 @@ from orchestrator.errors import UserError
 if TYPE_CHECKING:
     from PIL import Image
 
-DATASET_NAMES = ("digits", "omniglot", "mnist", "fashion-mnist", "folder")
+
+
+@dataclass(frozen=True)
+class NpyBenchmark:
+    """One of the field's ``.npy`` benchmark arrays (LoFGAN and its followers; ours: the declaration).
+
+    The array is ``classes x images x H x W x C`` (128 px, RGB). ``n_seen``: LoFGAN trains on classes
+    ``[:n_seen]`` and evaluates on ``[n_seen:]`` (edward3862/LoFGAN-pytorch, configs/*_lofgan.yaml
+    ``dis.num_classes``, used as ``num_for_seen`` in dataset.py ``FSGDataset``: ``data[:num_for_seen]`` /
+    ``data[num_for_seen:]``; main_metric.py lines 98-106 slice the same index). ``n_pool``: the first
+    ``n_pool`` images of each unseen class are main_metric.py's conditioning pool (``num``), the rest its
+    reals. ``file``: the name in LoFGAN's configs (``data_root``). F2GAN
+    (bcmi/F2GAN-Few-Shot-Image-Generation, data_with_matchingclassifier.py ``flowersDAGANDataset`` /
+    ``animalsDAGANDataset``) loads the same array layout and the same class index (Flowers ``x[:85]`` /
+    ``x[85:]``, Animal Faces ``x[:119]`` / ``x[119:]``), so its layout is this one; it differs only in
+    resizing each image on the fly (cv2 bilinear) to its own image size.
+    """
+
+    file: str
+    n_seen: int
+    n_pool: int
+    float_unit: bool = False  # LoFGAN scales this array's images by 255 (main_metric.py line 131: VGGFace)
+
+
+NPY_BENCHMARKS = {
+    "flowers-npy": NpyBenchmark("flower_c8189_s128_data_rgb.npy", n_seen=85, n_pool=10),
+    "animalfaces-npy": NpyBenchmark("animal_128.npy", n_seen=119, n_pool=10),
+    "vggface-npy": NpyBenchmark("vgg_face_data_rgb.npy", n_seen=1802, n_pool=30, float_unit=True),
+}
+
+DATASET_NAMES = ("digits", "omniglot", "mnist", "fashion-mnist", "folder", *NPY_BENCHMARKS)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 OMNIGLOT_SPLITS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
@@ -128,6 +158,8 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
     if channels not in (1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels!r}: pass channels 1 (grayscale) or 3 (RGB)")
     background = dataset_background(key) if background is None else check_background(background)
+    if key in NPY_BENCHMARKS:
+        return _load_npy(key, root, image_size, channels)
     root_path = check_root(key, root)
     if key == "digits":
         return _load_digits(image_size, channels)
@@ -181,6 +213,7 @@ def _what_root_holds(key: str) -> str:
         "fashion-mnist": "a folder holding the Fashion-MNIST IDX files (in fashion-mnist/ or FashionMNIST/raw/)",
         "omniglot": "a folder holding the omniglot archives (images_background*.zip)",
         "folder": "a folder of class sub-folders of images (root/<class>/*.png)",
+        **{k: f"the benchmark's .npy file (or a folder holding {b.file})" for k, b in NPY_BENCHMARKS.items()},
     }[key]
 
 
@@ -509,3 +542,70 @@ def _write_cache(path: Path, x: np.ndarray) -> None:
     except OSError:
         pass
 
+
+
+# ----------------------------------------------------------------------------------------------
+# the field's .npy benchmark arrays (LoFGAN, F2GAN, WaveGAN, ...): classes x images x H x W x C
+
+
+def npy_path(key: str, root: str | Path | None) -> Path:
+    """The ``.npy`` file of benchmark ``key``: ``root`` itself when it is a file, else ``root/<LoFGAN's file name>``.
+
+    Raises:
+        UserError: no root, or neither the file nor the folder's file exists.
+    """
+    bench = NPY_BENCHMARKS[key]
+    fix = f"pass --data-root pointing at {_what_root_holds(key)}; it is not downloaded"
+    if root is None or not str(root).strip():
+        raise UserError(f"{key} needs a data root: {fix}")
+    path = Path(root).expanduser()
+    if path.is_dir():
+        path = path / bench.file
+    if not path.is_file():
+        raise UserError(f"data root {path} does not exist: {fix}")
+    return path
+
+
+def _load_npy(key: str, root: str | Path | None, image_size: int, channels: int) -> ClassDataset:
+    """A LoFGAN-style array as a ``ClassDataset``: class c's i-th image is dataset index c * images + i.
+
+    The array is read memory-mapped and converted class by class (VGGFace is ~11 GB): uint8 as is, or
+    float in [0, 1] (``float_unit`` arrays, scaled by 255 and rounded as LoFGAN's ``np.uint8(x * 255)``
+    after clipping). C must be 1 or 3; RGB to 1 channel uses ITU-R 601-2 luma (PIL's ``convert("L")``).
+    Classes are named ``c0000``... by index, each its own group; the unseen classes ``[n_seen:]`` are the
+    default novel classes (``splits.make_split``). Images keep their order within a class, so "the first
+    ``n_pool`` images" of LoFGAN's main_metric.py are ``class_indices(c)[:n_pool]``.
+
+    Raises:
+        UserError: a missing or unreadable file, a wrong shape or dtype, or fewer classes than ``n_seen`` + 1.
+    """
+    bench = NPY_BENCHMARKS[key]
+    path = npy_path(key, root)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} as a .npy array ({type(e).__name__}: {e}): pass LoFGAN's {bench.file}") from None
+    if arr.ndim != 5 or arr.shape[-1] not in (1, 3):
+        raise UserError(f"{path} has shape {arr.shape}: {key} needs classes x images x H x W x C (C 1 or 3), "
+                        f"as LoFGAN's {bench.file}")
+    if arr.shape[0] <= bench.n_seen:
+        raise UserError(f"{path} has {arr.shape[0]} classes; {key}'s published split needs more than {bench.n_seen} "
+                        f"(unseen classes are [{bench.n_seen}:]): pass the full {bench.file}")
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise UserError(f"{path} holds {arr.dtype}: {key} needs uint8 (0..255) or float in [0, 1]")
+    n_cls, n_img = arr.shape[:2]
+    out = []
+    for c in range(n_cls):
+        x = np.array(arr[c])  # a writable copy of one class (the memory map stays read-only)
+        if x.dtype != np.uint8:
+            if float(np.nanmax(x)) > 1.0 + 1e-6 or float(np.nanmin(x)) < -1e-6:
+                raise UserError(f"{path}: class {c} has float values outside [0, 1]: save uint8 images or floats in [0, 1]")
+            x = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # [n, C, H, W]
+        if t.shape[1] == 3 and channels == 1:
+            t = (t.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).round_().to(torch.uint8)
+        out.append(_resize_uint8(_to_channels(t, channels), image_size))
+    images = torch.cat(out)
+    labels = np.repeat(np.arange(n_cls, dtype=np.int64), n_img)
+    names = [f"c{c:04d}" for c in range(n_cls)]
+    return _dataset(key, images, labels, names, default_novel_groups=names[bench.n_seen:])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.data.datasets import ClassDataset
+from orchestrator.data.datasets import NPY_BENCHMARKS, ClassDataset
 from orchestrator.errors import UserError
 
 PARTS = ("base", "val", "novel")
@@ -23,6 +23,10 @@ PARTS = ("base", "val", "novel")
 # MNIST / Fashion-MNIST hold out 3 of 10 classes: with one novel class, class_hit is 1 (chance)
 # by construction and IS / Mode Score over one class carry no quality signal (issue 12).
 _DEFAULTS = {"omniglot": (1, 2), "mnist": (1, 3), "fashion-mnist": (1, 3), "digits": (1, 2)}
+# The .npy benchmarks' novel classes are their published unseen classes (``datasets.NPY_BENCHMARKS``,
+# ``default_novel_groups``); one val class is drawn from the seen ones (checkpoint selection needs one),
+# so base is LoFGAN's training set less that class.
+_DEFAULTS.update({key: (1, 0) for key in NPY_BENCHMARKS})
 
 
 @dataclass

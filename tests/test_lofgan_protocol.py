@@ -1,0 +1,245 @@
+"""`evaluate --protocol lofgan` selects what LoFGAN's main_metric.py selects, on a synthetic .npy dataset.
+
+The transcriptions below copy main_metric.py's selection lines (edward3862/LoFGAN-pytorch; line numbers of
+HEAD ed6c4a8 unless said otherwise), with ``data`` the array of image ids and the file writes replaced by
+collecting the ids the script would write or feed to its generator.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.data import NPY_BENCHMARKS, load_dataset, make_split
+from orchestrator.errors import UserError
+from orchestrator.evaluation import lofgan
+from orchestrator.evaluation.features import Features
+
+N_CLASSES, N_IMAGES, SIDE = 88, 20, 8  # Flowers' index: unseen classes [85:] -> 3 classes
+
+
+def _array() -> np.ndarray:
+    """classes x images x H x W x 3 uint8; image (c, i) has id c * 100 + i in pixel [0, 0, 0] and [0, 0, 1], noise elsewhere."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(N_CLASSES, N_IMAGES, SIDE, SIDE, 3), dtype=np.uint8)
+    ids = np.arange(N_CLASSES)[:, None] * 100 + np.arange(N_IMAGES)[None, :]
+    x[:, :, 0, 0, 0], x[:, :, 0, 0, 1] = ids // 256, ids % 256
+    return x
+
+
+def _ids(images: np.ndarray) -> np.ndarray:
+    return images[..., 0, 0, 0].astype(np.int64) * 256 + images[..., 0, 0, 1]
+
+
+def transcription(data: np.ndarray, seed: int | None, permute: bool, reals_drawn: bool, n_sample_test: int = 3):
+    """main_metric.py's selection for args.dataset == 'flower', returning the ids it uses."""
+    if seed is not None:
+        np.random.seed(seed)  # 51620ad lines 78-82 (SEED = 0); HEAD comments them out (lines 79-83)
+    data = data[85:]  # lines 98-100
+    num = 10
+    if permute:  # lines 108-109 (HEAD, ae230eb, F2DGAN)
+        per = np.random.permutation(data.shape[1])
+        data = data[:, per, :, :, :]
+    data_for_gen = data[:, :num, :, :, :]  # line 111
+    data_for_fid = data[:, num:, :, :, :]  # line 112
+    reals = []
+    if reals_drawn:  # lines 125-133
+        for cls in range(data_for_fid.shape[0]):
+            row = []
+            for i in range(128):
+                idx = np.random.choice(data_for_fid.shape[1], 1)
+                real_img = data_for_fid[cls, idx, :, :, :][0]
+                row.append(_ids(real_img))
+            reals.append(row)
+    else:  # 51620ad lines 37-46: every real once
+        for cls in range(data_for_fid.shape[0]):
+            reals.append([_ids(data_for_fid[cls, i]) for i in range(data_for_fid.shape[1])])
+    support = []
+    for cls in range(data_for_gen.shape[0]):  # lines 144-147
+        row = []
+        for i in range(128):
+            idx = np.random.choice(data_for_gen.shape[1], n_sample_test)
+            imgs = data_for_gen[cls, idx, :, :, :]
+            row.append(_ids(imgs))
+        support.append(row)
+    return _ids(data_for_gen), np.array(reals), np.array(support)
+
+
+class MeanOfShots:
+    """A stand-in generator: the sample is the mean of the support images (so a fake names its triple)."""
+
+    def adapt(self, shots, seed, steps=None):
+        mean = shots.mean(0, keepdim=True)
+        return type("S", (), {"sample": lambda self, n, seed: mean.repeat(n, 1, 1, 1)})()
+
+
+class SmallFeatures(Features):
+    def __init__(self):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIDE * SIDE, 12))
+        super().__init__("domain", 12, net, lambda x: x, description="test: random linear 12-d")
+
+
+@pytest.fixture(scope="module")
+def npy(tmp_path_factory):
+    arr = _array()
+    path = tmp_path_factory.mktemp("npy") / NPY_BENCHMARKS["flowers-npy"].file
+    np.save(path, arr)
+    ds = load_dataset("flowers-npy", path, image_size=SIDE, channels=3)
+    return arr, ds, make_split(ds, seed=0)
+
+
+@pytest.mark.parametrize("preset,seed", [("seeded", 0), ("seeded", 7), ("f2dgan", 0), ("published", 3)])
+def test_selection_equals_main_metric_transcription(npy, preset, seed):
+    arr, ds, split = npy
+    assert split.novel == [85, 86, 87]
+    v = lofgan.parse_variant(f"preset={preset},seed={seed}")
+    p = lofgan.PRESETS[preset]
+    pool_ids, real_ids, support_ids = transcription(arr, seed, p["permute"], p["reals"] == "draw128")
+    sel = lofgan.select(len(split.novel), N_IMAGES, lofgan.pool_size("flowers-npy", v), v,
+                        np.random.RandomState(seed))
+    ids = np.array([[100 * c + i for i in range(N_IMAGES)] for c in split.novel])  # position -> id per class
+    k = np.arange(3)[:, None]
+    assert np.array_equal(ids[k, sel.pool], pool_ids)  # conditioning pools
+    assert np.array_equal(ids[k, sel.reals], real_ids)  # reals (all once, or 128 drawn)
+    assert np.array_equal(ids[k[:, :, None], sel.support], support_ids)  # each fake's 3 support images
+    # the fakes: fake i of class c is made from exactly the transcription's triple
+    fakes = lofgan.generate(MeanOfShots(), ds, split.novel, sel, seed=seed, adapt_steps=None)
+    for k_, c in enumerate(split.novel):
+        assert fakes[c].shape == (128, 3, SIDE, SIDE)
+        for i in (0, 57, 127):
+            triple = arr[c, support_ids[k_, i] - 100 * c]  # [3, H, W, C] uint8
+            want = torch.from_numpy(triple).permute(0, 3, 1, 2).float().div(127.5).sub(1).mean(0)
+            assert torch.allclose(fakes[c][i], want, atol=1e-5)
+
+
+def test_evaluation_records_variant_hash_and_reproduces_an_unseeded_draw(npy):
+    arr, ds, split = npy
+    feats = SmallFeatures()
+    seeded = lofgan.parse_variant("preset=seeded")
+    a = lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, seeded, num=10, progress=False)
+    b = lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, seeded, num=10, progress=False)
+    c = lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, seeded, num=10, eval_seed=1, progress=False)
+    assert a.shot_sha256 == b.shot_sha256 != c.shot_sha256
+    assert a.metrics["lofgan_n_fakes"] == 3 * 128 and a.metrics["lofgan_n_reals"] == 3 * 10
+    assert a.metrics["lofgan_comparable"] == 0.0 and any("NOT comparable" in n for n in a.notes)
+    assert math.isfinite(a.metrics["lofgan_fid_domain"]) and a.metrics["lofgan_fid_domain"] > 0
+    assert "lofgan_lpips" not in a.metrics and a.metrics["lofgan_diversity_domain"] > 0  # fallback, named so
+    # per-class FID: 128 fakes vs 10 reals in 12-d -> 10 <= 12: refused, never a regularised number
+    assert math.isnan(a.metrics["lofgan_fid_domain_per_class"]) and a.metrics["lofgan_fid_domain_per_class_computed"] == 0
+    # unseeded: a drawn seed, recorded; the seeded variant with that seed selects the same shots
+    pub = lofgan.parse_variant("preset=published")
+    u = lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, pub, num=10, progress=False)
+    again = lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, pub, num=10, eval_seed=u.drawn_seed,
+                                   progress=False)
+    assert u.metrics["lofgan_n_reals"] == 3 * 128
+    assert again.shot_sha256 != u.shot_sha256 or again.drawn_seed == u.drawn_seed  # unseeded ignores eval_seed
+    fixed = lofgan.parse_variant(f"preset=published,seed={u.drawn_seed}")
+    rep = lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, fixed, num=10, progress=False)
+    assert rep.shot_sha256 == u.shot_sha256
+    assert rep.metrics["lofgan_fid_domain"] == pytest.approx(u.metrics["lofgan_fid_domain"], rel=1e-9)
+    with pytest.raises(UserError, match="resize=antialias"):  # a 299-px resize is Inception's, not domain features'
+        lofgan.evaluate_lofgan(MeanOfShots(), ds, split.novel, feats, lofgan.parse_variant("resize=antialias"),
+                               num=10, progress=False)
+
+
+def test_unloader_quantisation_truncates():
+    x = torch.tensor([-1.0, 0.0, 0.999, 1.0, 1.5]).view(1, 1, 1, 5)
+    assert lofgan.to_uint8_like_unloader(x).flatten().tolist() == [0, 127, 254, 255, 255]
+
+
+@pytest.mark.parametrize("text,needle", [("preset=nope", "preset=nope"), ("reals=some", "reals=some"),
+                                         ("seed", "not KEY=VALUE"), ("colour=1", "unknown key"),
+                                         ("permute=yes", "permute=yes"), ("shots=0", "shots >= 1")])
+def test_bad_variant_is_a_user_error(text, needle):
+    with pytest.raises(UserError, match=needle):
+        lofgan.parse_variant(text)
+
+
+def test_variant_string_names_every_choice():
+    assert lofgan.parse_variant("preset=seeded,fakes=256").describe() == (
+        "preset=seeded,seed=0,permute=0,reals=all,pool=benchmark,shots=3,fakes=256,resize=pytorch-fid,fid=pooled")
+
+
+def test_sensitivity_rows_and_table(npy):
+    """scripts/protocol_sensitivity.py's rows on the synthetic dataset: every row evaluated per seed, paired
+    differences from the baseline; a row identical to the baseline (v1 vs itself) has Δ = 0."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "protocol_sensitivity", Path(__file__).resolve().parents[1] / "scripts" / "protocol_sensitivity.py")
+    ps = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ps  # its dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(ps)
+    arr, ds, split = npy
+    rows = ps.run_rows(MeanOfShots(), ds, split, "flowers-npy", {"domain": SmallFeatures()}, [0, 1],
+                       rows=["lofgan-seeded", "lofgan-published", "lofgan-v1", "shots-k", "fakes-more", "per-class",
+                             "inception"], more_fakes=160, progress=False)
+    names = [r.name for r in rows]
+    assert names == ["lofgan-seeded", "lofgan-published", "lofgan-v1", "shots-k", "fakes-more", "per-class"]
+    assert all(len(r.fid) == 2 and len(r.div) == 2 for r in rows)  # the inception row is skipped without features
+    base = rows[0]
+    assert base.fid[0] != base.fid[1]  # seeds matter
+    more = rows[4]
+    assert more.fid != base.fid
+    table = ps.markdown(rows)
+    assert table.count("\n") == len(rows) + 1 and "lofgan_diversity_domain" in table
+    m, lo, hi = ps.t_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and lo < 2.0 < hi
+
+
+MFH_FAST = ["--set", "width=4", "--set", "memory_size=6", "--set", "ci_dim=8", "--set", "cr_dim=8",
+            "--set", "eval_every=2", "--set", "select_metric=last", "--set", "val_generate=72",
+            "--set", "n_generate=40"]
+
+
+def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local):
+    """A real run (mfh, 4 steps) on a synthetic flowers-npy; `evaluate --protocol lofgan` is a child run whose
+    cmp.* tags say how it was measured, and it is told apart from the default protocol's evaluation."""
+    from orchestrator import tracking
+    from orchestrator.cli import main
+
+    arr = np.random.default_rng(1).integers(0, 256, size=(88, 14, 32, 32, 3), dtype=np.uint8)
+    path = tmp_path / "flowers.npy"
+    np.save(path, arr)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    assert main(["train", "mfh", "--dataset", "flowers-npy", "--data-root", str(path), "--steps", "4",
+                 "--tracking-uri", uri, *MFH_FAST]) == 0
+    c = tracking.client(uri)
+    parent = [r for r in c.search_runs([c.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id])
+              if "evaluates" not in r.data.tags and r.info.status == "FINISHED"][0]
+    rid = parent.info.run_id
+    assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=seeded,fakes=16",
+                 "--eval-seed", "0", "1", "--tracking-uri", uri]) == 0
+    assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=seeded,fakes=16",
+                 "--eval-seed", "2", "--tracking-uri", uri]) == 0
+    assert main(["evaluate", rid, "--eval-seed", "0", "--n-generate", "16", "--tracking-uri", uri]) == 0
+    children = c.search_runs([parent.info.experiment_id], f"tags.evaluates = '{rid}'")
+    lof = sorted([r for r in children if r.data.tags.get("cmp.protocol") == "lofgan"],
+                 key=lambda r: r.data.tags["cmp.eval_seeds"])
+    default = [r for r in children if r.data.tags.get("cmp.protocol") != "lofgan"]
+    assert len(lof) == 2 and len(default) == 1
+    t = lof[0].data.tags
+    assert t["cmp.protocol_variant"] == ("preset=seeded,seed=0,permute=0,reals=all,pool=benchmark,shots=3,"
+                                         "fakes=16,resize=pytorch-fid,fid=pooled")
+    assert t["cmp.dataset"] == "flowers-npy" and t["cmp.features"] == "domain" and t["cmp.eval_seeds"] == "0,1"
+    assert t["cmp.shots"] == "3" and t["cmp.n_generate"] == "16" and t["lofgan.comparable_with_published"] == "0"
+    assert len(t["cmp.shot_indices_sha256"]) == 64
+    assert lof[1].data.tags["cmp.shot_indices_sha256"] != t["cmp.shot_indices_sha256"]  # seed 2 draws other shots
+    m = lof[0].data.metrics
+    assert m["lofgan_n_fakes_seed0"] == 3 * 16 and m["lofgan_n_reals_seed1"] == 3 * 4  # 14 images - pool 10
+    assert "lofgan_diversity_domain_mean" in m and "lofgan_diversity_domain_seed1" in m
+    assert m["lofgan_fid_domain_computed_seed0"] == 0  # 48 fakes in 64-d: refused (NaN, not logged), never regularised
+    record = json.loads(Path(c.download_artifacts(lof[0].info.run_id, "lofgan.json", str(tmp_path))).read_text())
+    assert [s["drawn_seed"] for s in record["seeds"]] == [0, 1] and record["classes"] == [85, 86, 87]
+    # bad input: one line, exit 2, nothing recorded
+    assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=nope", "--tracking-uri", uri]) == 2
+    assert main(["evaluate", rid, "--variant", "preset=seeded", "--tracking-uri", uri]) == 2
+    assert len(c.search_runs([parent.info.experiment_id], f"tags.evaluates = '{rid}'")) == 3
