@@ -173,7 +173,7 @@ def log_step_image(uri: str, run_id: str, path: Path, step: int) -> None:
 NOTE_TAG = "mlflow.note.content"  # the run's Description in MLflow's UI (markdown)
 # The protocol's headline metrics and their controls (orchestrator.evaluation.protocol), in the order a note shows them.
 NOTE_HEADLINES = ("class_hit", "fid_domain", "fid_inception", "kid_domain", "kid_inception", "diversity", "accuracy")
-NOTE_CONTROLS = ("_unadapted", "_scratch", "_shots", "_real")
+NOTE_CONTROLS = ("_unadapted", "_scratch", "_shots", "_augmented", "_real")
 NOTE_BUDGET = ("meta_steps", "train_seconds", "tasks_seen", "images_seen")
 
 

@@ -66,6 +66,8 @@ _BOUNDS: list[tuple[str, tuple[float, float]]] = [
     ("class_hit", _UNIT), ("coverage_", _UNIT), ("recall_", _UNIT), ("precision_", _UNIT),
     ("memorized_share", _UNIT), ("diverged", _UNIT), ("chance", _UNIT), ("accuracy", _UNIT),
     ("val_accuracy", _UNIT), ("test_accuracy", _UNIT),
+    # differences of shares: a method's lift over its untrained control (protocol._placement)
+    ("lift_class_hit", (-1.0, 1.0)), ("lift_memorized_share", (-1.0, 1.0)),
     # distances, counts, ratios of distances, entropies
     ("fid_", _NONNEG), ("density_", _NONNEG), ("diversity", _NONNEG), ("lpips", _NONNEG), ("mse", _NONNEG),
     ("shot_distance_ratio", _NONNEG), ("kid_domain_std", _NONNEG), ("mfh_", _NONNEG), ("mode_score", _NONNEG),
