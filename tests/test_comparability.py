@@ -4,7 +4,8 @@ Three ``train figr`` runs in one experiment on the bundled digits, one with ``--
 ``--image-size 64``: every run records its comparability record (``cmp.*`` tags and ``comparability.json``), and
 ``compare`` keeps the three apart (a table per group, no "best" across them, no default pair) and refuses a
 ``--pair`` across groups with one line naming the differing keys (exit 2). A run recorded before the tags forms
-its own group. Also: ``compare`` prints each row's lift over its untrained control with its interval.
+its own group. Also: ``compare`` prints each row's lift over its untrained control with its interval. Each test runs
+on the three runs made by ``train`` (Ray Train) and on the same three made by the lifecycle's evaluation alone.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ FAST = ["--set", "width=8", "--set", "eval_every=2", "--set", "val_generate=72",
 EXP = "cmp-groups"
 
 
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, ray_local):
-    root = tmp_path_factory.mktemp("comparability")
+def _trained(root, request) -> tuple[str, dict[str, str]]:
+    """The measured case as a user met it: three ``train figr`` runs (Ray Train), tiniest budget."""
+    request.getfixturevalue("ray_local")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     runs = {}
     for name, extra in (("base", []), ("split1", ["--split-seed", "1"]), ("size64", ["--image-size", "64"])):
@@ -34,6 +35,35 @@ def three(tmp_path_factory, ray_local):
         exp = c.get_experiment_by_name(EXP)
         newest = c.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
         runs[name] = newest.info.run_id
+    return uri, runs
+
+
+def _evaluated(root) -> tuple[str, dict[str, str]]:
+    """The same three configurations without Ray: each run opened and evaluated by the lifecycle's own functions
+    (the untrained model's weights as the checkpoint), so the record is checked where Ray cannot start."""
+    from orchestrator import lifecycle
+    from orchestrator.kinds import build_method
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sets = [v for k, v in zip(FAST[::2], FAST[1::2])]
+    runs = {}
+    for name, over in (("base", {}), ("split1", {"split_seed": 1}), ("size64", {"image_size": 64})):
+        cfg = lifecycle.resolve_config("figr", {"dataset": "digits", "steps": 2, **over}, sets)
+        prep = lifecycle.prepare("figr", cfg, quiet=True)
+        rid = lifecycle.open_run(uri, EXP, name, prep, {})
+        model = build_method("figr", cfg, prep.ds.image_shape, num_classes=prep.ds.num_classes)
+        tracking.log_metrics(uri, rid, {"val_fid_domain": 1.0})
+        lifecycle.evaluate_and_record(prep, {"state": model.state_dict(), "step": 0}, uri=uri, run_id=rid,
+                                      seed=int(cfg["eval_seed"]), n_generate=int(cfg["n_generate"]))
+        tracking.end_run(uri, rid, "FINISHED")
+        runs[name] = rid
+    return uri, runs
+
+
+@pytest.fixture(scope="module", params=["train", "evaluate"])
+def three(tmp_path_factory, request):
+    root = tmp_path_factory.mktemp(f"comparability-{request.param}")
+    uri, runs = _trained(root, request) if request.param == "train" else _evaluated(root)
     # a run recorded before comparability tags: same numbers' names, no cmp.* record
     old = tracking.start_run(uri, EXP, "old", {"steps": 2}, {"method": "figr", "dataset": "digits",
                                                              "kind": "generator"})
