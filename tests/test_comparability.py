@@ -112,7 +112,7 @@ def test_compare_keeps_groups_apart_and_ranks_within_each(three, capsys):
     assert len(set(groups.values())) == 4
     assert out["pairs"] == []  # nothing to pair inside a group of one
     printed = capsys.readouterr().out
-    assert printed.count("comparability group ") == 4
+    assert sum(line.startswith("comparability group ") for line in printed.splitlines()) == 4  # one header each
     assert "differs from group 1 in split_seed=1" in printed
     assert "image_size=64" in printed
     assert "runs recorded before comparability tags" in printed
@@ -147,7 +147,7 @@ def test_compare_prints_the_lift_over_the_untrained_control_with_its_interval(th
     assert lift["ci_low"] <= lift["difference"] <= lift["ci_high"] and lift["n_classes"] > 1
     assert row["placement"]["class_hit"]["augmented_lift"] is not None
     printed = capsys.readouterr().out
-    block = printed[printed.index("  figr (digits), comparability group 1:"):]
+    block = printed[printed.index(f"  {row['method']} (digits), comparability group 1:"):]  # figr[arch=dcgan]
     shown = f"{lift['difference']:.4g} [{lift['ci_low']:.4g}, {lift['ci_high']:.4g}]"
     assert f"\n    class_hit - class_hit_scratch {shown}" in block
     assert "\n    diversity - diversity_scratch " in block and "\n    memorized_share - memorized_share_scratch " in block
