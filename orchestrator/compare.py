@@ -36,6 +36,16 @@ Replicates, budgets and paired differences (issue 12):
   per-class values of ``per_class_<figure>.json`` (or over seeds alone for a pooled metric), and an
   interval that covers 0 is printed as "not separated".
 
+Placement between controls (issue 21): for each row, ``class_hit``, ``diversity`` and ``memorized_share`` minus the
+untrained control's (``_scratch``), paired over seeds and classes with ``stats.paired_difference_ci``, and the share of
+the gap between the untrained and the augmented control (``_augmented``) the row closes (shown when that gap is
+separated from 0); so class-specificity bought by collapse (diversity down) or copying (memorized_share up) shows.
+
+Comparability (issue 22): every evaluation records ``cmp.*`` tags (``evaluation.comparability``: data, split, image
+size, feature network, protocol settings, shots). Rows are ranked within one comparability group only: a table per
+group, never one "best" across groups, and no paired difference across groups (``--pair`` across groups is refused,
+naming the keys that differ). Runs recorded before these tags form their own group, said so.
+
 Heavy imports (MLflow, matplotlib) happen inside ``run`` so ``--help`` stays fast.
 """
 from __future__ import annotations
@@ -377,6 +387,9 @@ def _figure_stem(run) -> str:
     return figure.rsplit(".", 1)[0]
 
 
+_PER_CLASS_FILES: dict[tuple[str, str], dict] = {}  # (uri, run id) -> its per_class_<figure>.json, read once
+
+
 def _seed_cells(uri: str, unit: _Unit, metric: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (training seed, evaluation seed) of the unit: the novel classes, the metric's per-class values (None
     when the evaluation kept none for it) and its headline value, from ``per_class_<figure>.json``."""
@@ -386,10 +399,13 @@ def _seed_cells(uri: str, unit: _Unit, metric: str) -> dict[tuple[str, str], dic
     for r in unit.members:
         key = (r.data.params.get("seed", r.data.tags.get("seed", "?")),
                r.data.params.get("eval_seed", r.data.tags.get("eval_seed", "?")))
-        try:
-            saved = tracking.load_json_artifact(uri, r.info.run_id, f"per_class_{_figure_stem(r)}.json")
-        except UserError:  # a run recorded before per-class files, or logged by hand: its headline value only
-            saved = {}
+        if (uri, r.info.run_id) not in _PER_CLASS_FILES:
+            try:
+                _PER_CLASS_FILES[(uri, r.info.run_id)] = tracking.load_json_artifact(
+                    uri, r.info.run_id, f"per_class_{_figure_stem(r)}.json")
+            except UserError:  # a run recorded before per-class files, or logged by hand: its headline value only
+                _PER_CLASS_FILES[(uri, r.info.run_id)] = {}
+        saved = _PER_CLASS_FILES[(uri, r.info.run_id)]
         classes = saved.get("classes") or None
         values = (saved.get("per_class") or {}).get(metric)
         if classes is None or values is None or len(values) != len(classes):
@@ -401,14 +417,19 @@ def _seed_cells(uri: str, unit: _Unit, metric: str) -> dict[tuple[str, str], dic
 
 def paired_difference(uri: str, a: _Unit, b: _Unit, metric: str) -> dict[str, Any]:
     """``a - b`` of ``metric`` with its 95% interval, or a ``note`` saying why the two cannot be paired."""
+    out: dict[str, Any] = {"a": a.run.info.run_id, "b": b.run.info.run_id, "metric": metric, "difference": None,
+                           "ci_low": None, "ci_high": None, "separated": False, "n_seeds": 0, "n_classes": 0,
+                           "note": ""}
+    return _paired(_seed_cells(uri, a, metric), _seed_cells(uri, b, metric), out)
+
+
+def _paired(ca: dict, cb: dict, out: dict[str, Any]) -> dict[str, Any]:
+    """``paired_difference`` on the seed cells of the two sides (``_seed_cells``); fills and returns ``out``."""
     import numpy as np
 
     from orchestrator.evaluation.stats import paired_difference_ci
 
-    out: dict[str, Any] = {"a": a.run.info.run_id, "b": b.run.info.run_id, "metric": metric, "difference": None,
-                           "ci_low": None, "ci_high": None, "separated": False, "n_seeds": 0, "n_classes": 0,
-                           "note": ""}
-    ca, cb = _seed_cells(uri, a, metric), _seed_cells(uri, b, metric)
+    metric = out["metric"]
     if set(ca) != set(cb):
         out["note"] = (f"not paired: different (seed, eval_seed) sets {sorted(ca)} and {sorted(cb)}")
         return out
@@ -441,6 +462,102 @@ def paired_difference(uri: str, a: _Unit, b: _Unit, metric: str) -> dict[str, An
         better = None if mode is None else ((d.mean < 0) == (mode == "min"))
         out["note"] = "separated" + ("" if better is None else f": {'a' if better else 'b'} is better")
     return out
+
+
+def placement(uri: str, unit: _Unit) -> dict[str, dict[str, Any]]:
+    """The unit placed between its controls, for each metric of ``protocol.PLACED`` that it recorded with controls:
+    ``{metric: {"lift": paired difference metric - metric_scratch (``paired_difference``'s dict: difference,
+    ci_low, ci_high, separated, note), "augmented_lift": the same for metric_augmented - metric_scratch,
+    "gap_closed": lift / augmented lift (None when the augmented lift is not separated from 0 or missing)}}``.
+    Paired over the unit's (seed, eval_seed) cells and classes, from its ``per_class_<figure>.json`` files."""
+    from orchestrator.evaluation.protocol import PLACED
+
+    out: dict[str, dict[str, Any]] = {}
+    for base in PLACED:
+        scratch = _seed_cells(uri, unit, f"{base}_scratch")
+        if all(math.isnan(c["headline"]) for c in scratch.values()):
+            continue  # no untrained control recorded (a classifier, or an evaluation without controls)
+        mine = _seed_cells(uri, unit, base)
+        blank = {"a": unit.run.info.run_id, "b": unit.run.info.run_id, "difference": None, "ci_low": None,
+                 "ci_high": None, "separated": False, "n_seeds": 0, "n_classes": 0, "note": ""}
+        lift = _paired(mine, scratch, {**blank, "metric": f"{base} - {base}_scratch"})
+        augmented = _seed_cells(uri, unit, f"{base}_augmented")
+        aug = (None if all(math.isnan(c["headline"]) for c in augmented.values())
+               else _paired(augmented, scratch, {**blank, "metric": f"{base}_augmented - {base}_scratch"}))
+        gap = None
+        if aug is not None and aug["separated"] and lift["difference"] is not None and aug["difference"]:
+            gap = lift["difference"] / aug["difference"]
+        out[base] = {"lift": lift, "augmented_lift": aug, "gap_closed": gap}
+    return out
+
+
+def _fmt_placement(label: str, place: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for base, p in place.items():
+        lift, aug = p["lift"], p["augmented_lift"]
+        text = f"{base} - {base}_scratch {_fmt(lift['difference'])}"
+        if lift["ci_low"] is not None and lift["n_classes"] * max(lift["n_seeds"], 1) > 1:
+            text += f" [{_fmt(lift['ci_low'])}, {_fmt(lift['ci_high'])}]"
+        if aug is None:
+            text += "  (no augmented control recorded)"
+        elif p["gap_closed"] is None:
+            text += f"  augmented control {_fmt(aug['difference'])}, not separated from 0: no gap share"
+        else:
+            text += f"  gap closed {_fmt(p['gap_closed'])} (augmented control {_fmt(aug['difference'])})"
+        parts.append(f"    {text}")
+    return "\n".join([f"  {label}:", *parts])
+
+
+def _unit_record(unit: _Unit) -> dict[str, str] | None:
+    """The unit's comparability record (``cmp.*`` tags; a replicate parent without them: its first seed run's)."""
+    from orchestrator.evaluation.comparability import from_tags
+
+    record = from_tags(unit.run.data.tags)
+    if record is None and unit.replicate and unit.members:
+        record = from_tags(unit.members[0].data.tags)
+    return record
+
+
+def _cmp_key(record: dict[str, str] | None) -> tuple | None:
+    return None if record is None else tuple(sorted(record.items()))
+
+
+def _short(v: str | None) -> str:
+    return "-" if v is None else (v[:12] + "..." if len(v) > 15 else v)
+
+
+def _check_comparable(a_id: str, b_id: str, a: _Unit, b: _Unit) -> None:
+    """``--pair`` across comparability groups is refused (UserError naming the differing ``cmp.*`` keys)."""
+    from orchestrator.evaluation.comparability import differing_keys
+
+    ra, rb = _unit_record(a), _unit_record(b)
+    keys = differing_keys(ra, rb)
+    if not keys:
+        return
+    if keys == ["record"]:
+        which = a_id if ra is None else b_id
+        raise UserError(f"--pair {a_id} {b_id}: not comparable: run {which} has no comparability record (recorded "
+                        f"before cmp.* tags), so nothing says it was measured like the other; re-evaluate it "
+                        f"(python -m orchestrator evaluate {which}) or pair runs of one comparability group")
+    diff = ", ".join(f"cmp.{k} ({_short(ra.get(k))} vs {_short(rb.get(k))})" for k in keys)
+    raise UserError(f"--pair {a_id} {b_id}: not comparable, they differ in {diff}: pair runs of one comparability "
+                    f"group (one table of compare)")
+
+
+def _group_header(no: int, record: dict[str, str] | None, first: dict[str, str] | None, n_rows: int) -> str:
+    """The line above a comparability group's table: what sets it apart from the first group."""
+    from orchestrator.evaluation.comparability import differing_keys
+
+    if record is None:
+        return (f"comparability group {no} ({n_rows} row(s)): runs recorded before comparability tags (no cmp.* "
+                f"record): compared only with each other")
+    if no == 1 or first is None:
+        return (f"comparability group {no} ({n_rows} row(s)): {record.get('dataset')}, split seed "
+                f"{record.get('split_seed')}, image size {record.get('image_size')}, {record.get('features')} "
+                f"features {_short(record.get('features_sha256'))}, protocol {record.get('protocol')}/"
+                f"{record.get('protocol_variant')}")
+    diff = ", ".join(f"{k}={_short(record.get(k))}" for k in differing_keys(record, first))
+    return f"comparability group {no} ({n_rows} row(s)): differs from group 1 in {diff}; not ranked against it"
 
 
 def _fmt_pair(p: dict[str, Any]) -> str:
@@ -511,6 +628,7 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     if mode is None:
         raise UserError(f"--metric {metric}: cannot tell whether lower or higher is better; add --mode min or --mode max")
     _check_store(uri)
+    _PER_CLASS_FILES.clear()  # read each run's per-class file once per invocation, never a stale copy
     from orchestrator import tracking
 
     from mlflow.exceptions import MlflowException
@@ -534,19 +652,28 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     diff_metric = args.diff_metric or (metric[len("val_"):] if metric.startswith("val_") else metric)
     by_id = {u.run.info.run_id: u for u in kept}
     asked = [(_pair_unit(client, uri, a, by_id), _pair_unit(client, uri, b, by_id)) for a, b in (args.pair or [])]
+    for (a_id, b_id), (a, b) in zip(args.pair or [], asked):
+        _check_comparable(a_id, b_id, a, b)
 
-    groups: dict[tuple[str, str], list[_Unit]] = {}
+    records = {}  # comparability group key -> the record (None: runs recorded before cmp.* tags)
+    groups: dict[tuple[Any, str, str], list[_Unit]] = {}
     for u in kept:
         r = u.run
-        key = (variant_label(r.data.tags.get("method", "-"), r.data.params), r.data.tags.get("dataset", "-"))
+        record = _unit_record(u)
+        cmp_key = None if record is None else tuple(sorted(record.items()))
+        records[cmp_key] = record
+        key = (cmp_key, variant_label(r.data.tags.get("method", "-"), r.data.params), r.data.tags.get("dataset", "-"))
         groups.setdefault(key, []).append(u)
+    # number the comparability groups in order of first appearance (oldest run first)
+    group_no = {k: i + 1 for i, k in enumerate(dict.fromkeys(_cmp_key(_unit_record(u)) for u in kept))}
     pick = min if mode == "min" else max
     rows = _Rows()
     units: list[_Unit] = []
     series: dict[str, list[float]] = {}
     best_index: dict[str, int] = {}
-    several_datasets = len({d for _, d in groups}) > 1
-    for (method, dataset), group in sorted(groups.items()):
+    several_datasets = len({d for _, _, d in groups}) > 1
+    several_groups = len(group_no) > 1
+    for (cmp_key, method, dataset), group in sorted(groups.items(), key=lambda kv: (group_no[kv[0][0]], kv[0][1:])):
         if any(u.replicate for u in group):  # a mean over seeds is not outranked by one run's lucky seed
             skipped["single_beside_replicates"] = skipped.get("single_beside_replicates", 0) + sum(
                 not u.replicate for u in group)
@@ -562,23 +689,38 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         rows.append({"method": method, "dataset": dataset, "run_id": best.run.info.run_id,
                      "run_name": best.run.info.run_name, "n_runs": len(scored), "value": value,
                      "replicates": best.replicate, "seeds": len(best.members), "metrics": metrics,
-                     "intervals": intervals, "budget": _unit_budget(best), "budget_kind": _budget_kind(best.run)})
+                     "intervals": intervals, "budget": _unit_budget(best), "budget_kind": _budget_kind(best.run),
+                     "comparability_group": group_no[cmp_key], "comparability": records[cmp_key],
+                     "placement": placement(uri, best)})
         units.append(best)
         label = f"{method} / {dataset}" if several_datasets else method
+        label = f"{label} (group {group_no[cmp_key]})" if several_groups else label
         series[label], best_index[label] = values, i
-    for dataset in {r["dataset"] for r in rows}:
-        mine = [r for r in rows if r["dataset"] == dataset]
+    for dataset, grp in {(r["dataset"], r["comparability_group"]) for r in rows}:
+        mine = [r for r in rows if r["dataset"] == dataset and r["comparability_group"] == grp]
         keys = budget_keys([r["budget_kind"] for r in mine])
         for r, flags in zip(mine, budget_flags([r["budget"] for r in mine], keys=keys)):
             r["budget_flags"] = flags
 
     print(f"{source}: {len(kept)} runs ranked by {metric} ({mode}); skipped "
           f"{sum(skipped.values())} ({', '.join(f'{v} {k}' for k, v in skipped.items() if v) or 'none'})")
-    print(_table(rows, metric, mode), flush=True)
+    for no in sorted({r["comparability_group"] for r in rows}):
+        mine = [r for r in rows if r["comparability_group"] == no]
+        if several_groups:
+            print(_group_header(no, mine[0]["comparability"], rows[0]["comparability"], len(mine)))
+        print(_table(mine, metric, mode), flush=True)
+    placed = [(r, r["placement"]) for r in rows if r["placement"]]
+    if placed:
+        print("placement between the untrained control (_scratch) and the augmented control (_augmented): each "
+              "metric minus the untrained control's, 95% interval paired over seeds x classes, and the share of the "
+              "augmented control's lift the row reaches:")
+        print("\n".join(_fmt_placement(f"{r['method']} ({r['dataset']})" + (
+            f", comparability group {r['comparability_group']}" if several_groups else ""), pl)
+            for r, pl in placed), flush=True)
 
-    if not asked:  # the best row of each dataset against every other row of that dataset
-        for dataset in sorted({r["dataset"] for r in rows}):
-            idx = [i for i, r in enumerate(rows) if r["dataset"] == dataset]
+    if not asked:  # the best row of each dataset and comparability group against every other row of it
+        for dataset, grp in sorted({(r["dataset"], r["comparability_group"]) for r in rows}):
+            idx = [i for i, r in enumerate(rows) if r["dataset"] == dataset and r["comparability_group"] == grp]
             if len(idx) > 1:
                 top = next(i for i in idx if rows[i]["value"] == pick(rows[j]["value"] for j in idx))
                 asked += [(units[top], units[j]) for j in idx if j != top]

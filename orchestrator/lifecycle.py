@@ -447,12 +447,34 @@ def _end_quietly(uri: str, run_id: str, status: str) -> bool:
     return True
 
 
+def record_comparability(uri: str, run_id: str, prep: Prepared, *, n_generate: int,
+                         shot_indices: dict[int, dict[int, list[int]]]) -> dict[str, str]:
+    """Log the comparability record (``evaluation.comparability``) of the evaluation(s) held by ``run_id``: tags
+    ``cmp.<key>`` and ``comparability.json``. ``shot_indices``: per evaluation seed, each class's shot indices.
+    Returns the record."""
+    from orchestrator.evaluation.comparability import ARTIFACT, as_tags, comparability_record
+
+    cfg, final = prep.cfg, prep.aids.final
+    generator = prep.kind.name == "generator"
+    record = comparability_record(
+        dataset=cfg["dataset"], ds=prep.ds, split=prep.split, features=final if hasattr(final, "net") else None,
+        shots=int(cfg.get("shots", 0)), n_generate=int(n_generate) if generator else None,
+        adapt_steps=int(cfg["adapt_steps"]) if generator and cfg.get("adapt_steps") is not None else None,
+        eval_seeds=sorted(shot_indices), shot_indices=shot_indices)
+    tracking.set_tags(uri, run_id, as_tags(record))
+    tracking.log_dict(uri, run_id, record, ARTIFACT)
+    return record
+
+
 def evaluate_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_id: str, seed: int,
-                        n_generate: int, metric_suffix: str = "") -> dict[str, float]:
+                        n_generate: int, metric_suffix: str = "",
+                        shot_indices: dict[int, dict[int, list[int]]] | None = None) -> dict[str, float]:
     """The novel-class protocol on ``saved["state"]``, logged at the checkpoint's step into ``run_id``.
 
     ``metric_suffix`` (e.g. ``_seed1``): appended to every metric name logged, and the figure and
     ``per_class_<figure>.json`` are named after the seed (``evaluate_seeds_and_record``: one run, several seeds).
+    The run gets this evaluation's comparability record (:func:`record_comparability`), unless ``shot_indices``
+    is given: then this seed's shot indices are added to it and the caller records the run's seeds together.
     """
     t0 = time.perf_counter()
     result = prep.kind.evaluate(prep.method, prep.cfg, prep.ds, prep.split, saved["state"], prep.aids.final,
@@ -463,6 +485,11 @@ def evaluate_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str, run_
                       else f"{Path(prep.kind.figure).stem}_seed{seed}.png", metric_suffix=metric_suffix)
     log_metrics_once(uri, run_id, {f"test_eval_seconds{metric_suffix}": seconds}, int(saved["step"]))
     tracking.set_tags(uri, run_id, {"threads_eval": str(torch.get_num_threads())})
+    shots = {int(c): [int(i) for i in v] for c, v in (getattr(result, "shot_indices", None) or {}).items()}
+    if shot_indices is None:
+        record_comparability(uri, run_id, prep, n_generate=n_generate, shot_indices={int(seed): shots})
+    else:
+        shot_indices[int(seed)] = shots
     log_data_input(uri, run_id, prep, "evaluation")
     tracking.describe_run(uri, run_id)
     return {k: float(v) for k, v in result.metrics.items()}
@@ -481,13 +508,15 @@ def evaluate_seeds_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str
 
     out: dict[str, Any] = {}
     evaluations = []
+    shot_indices: dict[int, dict[int, list[int]]] = {}
     for seed in seeds:
         metrics = evaluate_and_record(prep, saved, uri=uri, run_id=run_id, seed=seed, n_generate=n_generate,
-                                      metric_suffix=f"_seed{seed}")
+                                      metric_suffix=f"_seed{seed}", shot_indices=shot_indices)
         out.update({f"{k}_seed{seed}": v for k, v in metrics.items()})
         evaluations.append(tracking.load_json_artifact(
             uri, run_id, f"per_class_{Path(prep.kind.figure).stem}_seed{seed}.json"))
     summary = summarize_seeds(evaluations)
+    record_comparability(uri, run_id, prep, n_generate=n_generate, shot_indices=shot_indices)
     log_metrics_once(uri, run_id, {k: v for k, v in summary.items() if v == v}, int(saved["step"]))  # v == v: not NaN
     tracking.log_dict(uri, run_id, {"eval_seeds": list(seeds), "summary": summary}, "eval_seeds.json")
     return {**out, **summary}

@@ -32,6 +32,20 @@ def aggregate(children: list[dict[str, Any]]) -> dict[str, float]:
     return summarize_seeds(children)
 
 
+def _copy_comparability(uri: str, parent: str, children: list) -> None:
+    """The parent's summary holds the children's metrics: it carries their comparability record (``cmp.*`` tags
+    and ``comparability.json``), the keys on which the children agree (all of them: one config, one evaluation
+    seed; a key they differ on is left out, so the parent never claims a comparability it lacks)."""
+    from orchestrator.evaluation.comparability import ARTIFACT, as_tags, from_tags
+
+    records = [from_tags(k.data.tags) for k in children]
+    if not records or any(r is None for r in records):
+        return
+    shared = {key: v for key, v in records[0].items() if all(r.get(key) == v for r in records)}
+    tracking.set_tags(uri, parent, as_tags(shared))
+    tracking.log_dict(uri, parent, shared, ARTIFACT)
+
+
 def run_replicates(method: str, overrides: dict[str, Any], sets: list[str], *, n: int, scale: lifecycle.Scale,
                    uri: str, experiment: str, address: str | None, inception_weights: str | None) -> dict[str, Any]:
     """Train ``n`` seeds of one config as concurrent Tune trials under one MLflow parent run; see the module doc."""
@@ -101,6 +115,7 @@ def replicate(prep: lifecycle.Prepared, *, seeds: list[int], scale: lifecycle.Sc
                                                                                      f"per_class_{figure}.json"))
                            for k in finished), key=lambda x: x[0])
         summary = aggregate([d for _, d in per_seed])
+        _copy_comparability(uri, parent, finished)
         tracking.log_metrics(uri, parent, {k: v for k, v in summary.items() if math.isfinite(v)})
         tracking.log_dict(uri, parent, {"seeds": [s for s, _ in per_seed], "children": [k.info.run_id for k in finished],
                                         "summary": summary}, "replicates.json")

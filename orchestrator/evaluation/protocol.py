@@ -10,8 +10,10 @@ their own class; copying is measured by the memorisation figure (share of sample
 shot than the class's real images are) and by precision/recall/density/coverage (Naeem et al.
 2020). With ``controls`` the same classes, shots and seeds are also scored for: the unadapted
 model (``steps=0``), a randomly initialised model adapted exactly the same way
-(``make_scratch``), the shots repeated to the same count (must score as a copy), and real images
-(the floor, at the method's sample sizes). Metrics that cannot be computed are NaN and flagged,
+(``make_scratch``), the shots repeated to the same count (must score as a copy), the shots
+through classic seeded augmentation to the same count (``_augmented``: the positive control, new
+class-specific images made without learning), and real images (the floor, at the method's sample
+sizes). Metrics that cannot be computed are NaN and flagged,
 a model with NaN samples is scored as diverged; per-class values feed ``stats.bootstrap_ci``.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from methods.augment import augment
 from orchestrator.errors import UserError
 from orchestrator.evaluation import metrics as M
 from orchestrator.evaluation.features import Features
@@ -115,8 +118,13 @@ def _sample(sampler: Any, c: int, seed: int, n: int, shape: tuple[int, ...], mod
     return fake
 
 
-GEN_SUFFIXES = ("", "_unadapted", "_scratch", "_shots")  # generated sets: the method and its image controls
+# generated sets: the method and its image controls
+GEN_SUFFIXES = ("", "_unadapted", "_scratch", "_shots", "_augmented")
 MODEL_SUFFIXES = ("", "_unadapted", "_scratch")  # sets made by a model (that can diverge)
+# The _augmented control's elastic deformation, (alpha, sigma) as fractions of the image side (torchvision's
+# ElasticTransform parameters are pixels): on 32 px Omniglot alpha 32 px, sigma 3.2 px, strokes bend by about a
+# pixel without breaking; the affine part is methods.augment.geometric's (rotation 15 deg, shear 10 deg, ...).
+AUGMENTED_ELASTIC = (1.0, 0.1)
 FLOOR_REPLICATES_MAX_DIM = 512  # above this feature dim (Inception: 2048) the real floor uses one bootstrap draw
 
 
@@ -188,6 +196,18 @@ class _Record:
             self.put_per_class(name, one(key))
 
 
+def augmented_control(shots: torch.Tensor, n: int, seed: int, c: int) -> torch.Tensor:
+    """The ``_augmented`` control's ``n`` images [n, C, H, W] in [-1, 1] for class ``c`` from its ``shots``.
+
+    ``methods.augment.augment`` (shot i % k for image i: random resized crop, random affine, elastic deformation
+    with ``AUGMENTED_ELASTIC``; colour jitter on RGB only, a grey glyph keeps its grey levels; uncovered borders
+    take the image's background), seeded by ``_derived_seed(seed, c, 5)``: the same evaluation seed and class
+    give the same images whatever else is evaluated."""
+    side = min(shots.shape[-2:])
+    alpha, sigma = AUGMENTED_ELASTIC
+    return augment(shots, n, _derived_seed(seed, c, 5), elastic=(alpha * side, sigma * side), jitter_grey=False)
+
+
 def _prdc_names(kind: str, suffix: str) -> dict[str, str]:
     return {k: f"{k}_{kind}{suffix}" for k in ("precision", "recall", "density", "coverage")}
 
@@ -235,7 +255,7 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
     Inception/Mode Score use the raw features (unchanged definitions).
 
     Metrics (kind = ``features.kind``, "domain" or "inception"); "suffix" is "" for the method and
-    ``_unadapted``, ``_scratch``, ``_shots``, ``_real`` for the controls (always last in the name):
+    ``_unadapted``, ``_scratch``, ``_shots``, ``_augmented``, ``_real`` for the controls (always last in the name):
       ``fid_{kind}``, ``kid_{kind}``: pooled over classes, generated vs all reals;
       ``kid_{kind}_std``: KID's spread over subsets (``metrics.kid_spread``; subset size ``kid_subset_size``);
       ``fid_{kind}_per_class``: FID of each class's generated vs that class's reals, mean over classes
@@ -255,7 +275,9 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
       all of the above for the method always (the cheap path, controls=False, used for checkpoint selection
       on validation classes), and for ``_unadapted`` (``adapt(steps=0)``), ``_scratch`` (``make_scratch()``
       adapted with the same shots, seeds and steps; skipped when ``make_scratch`` is None) and ``_shots``
-      (the shots repeated to ``n_generate``; ``diverged_*`` for the two model controls) with controls;
+      (the shots repeated to ``n_generate``; ``diverged_*`` for the two model controls) and ``_augmented``
+      (the shots through seeded classic augmentation to ``n_generate``, :func:`augmented_control`: the
+      positive control, class-specific new images without learning) with controls;
       with controls also ``diversity{suffix}`` (mean pairwise raw-feature distance within a class), ``mse``,
       ``ssim``, ``mse_shots``, ``ssim_shots`` (each generated image vs its nearest real, ``metrics.mse_ssim``).
       With ``lpips``: ``lpips_diversity{suffix}`` (per class, mean LPIPS distance over seeded pairs of distinct
@@ -273,6 +295,10 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
       the other both ways, averaged (sizes: half the class's reals on each side, not the method's);
       ``class_hit_real`` (pooled over reals: the ceiling in this feature space), ``diversity_real``,
       ``inception_score_{kind}_real``.
+    Placement (with controls and ``make_scratch``; :func:`_placement`): for m in class_hit, diversity,
+      memorized_share: ``lift_<m>`` (m - m_scratch, per class), ``lift_<m>_augmented`` (m_augmented - m_scratch,
+      per class) and ``gap_closed_<m>`` (mean lift / mean augmented lift; not computed when the augmented
+      control's lift is not separated from 0).
     Also: ``memorized_nominal`` (mean over classes of the rule's expected share), ``features_standardised``,
     ``kid_subset_size``, ``prdc_k``, ``chance`` (1/len(classes)), ``n_classes``, ``n_generated`` (pooled),
     ``n_per_class``, ``n_reals`` (pooled reals), ``shots``.
@@ -286,7 +312,8 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
     (NaN where not computed), for every name listed above as per class: ``class_hit{suffix}``,
     ``fid_{kind}_per_class{suffix}``, ``memorized_share{suffix}``, ``shot_distance_ratio{suffix}``,
     ``{precision,recall,density,coverage}_{kind}{suffix}``, ``diversity{suffix}`` (not ``_real``), ``mse``,
-    ``ssim``, ``mse_shots``, ``ssim_shots``. For each of them ``metrics[name]`` is the unweighted mean of
+    ``ssim``, ``mse_shots``, ``ssim_shots``, ``lift_<m>``, ``lift_<m>_augmented``. For each of them
+    ``metrics[name]`` is the unweighted mean of
     the list (NaN if any entry is NaN), so the lists of several seeds form the [seeds, classes] grid that
     ``stats.bootstrap_ci`` takes. Pooled metrics (FID, KID, IS, Mode Score, ``class_hit_real``) have none.
     """
@@ -325,7 +352,7 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
     shot_feats: dict[int, np.ndarray] = {}
     gen_feats: dict[str, dict[int, np.ndarray]] = {"": {}}
     if controls:
-        gen_feats.update({"_unadapted": {}, "_shots": {}})
+        gen_feats.update({"_unadapted": {}, "_shots": {}, "_augmented": {}})
         if scratch is not None:
             gen_feats["_scratch"] = {}
     bad_images = {suffix: 0 for suffix in gen_feats}  # generated images with a NaN/inf pixel
@@ -394,6 +421,9 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
             gen_feats["_shots"][c] = np.tile(shot_feats[c], (math.ceil(n_generate / shots), 1))[:n_generate]
             pixel_scores("mse_shots", reps, real_imgs)
             lp("_shots", c, reps)
+            augmented = augmented_control(shot_imgs, n_generate, seed, c)
+            gen_feats["_augmented"][c] = features(augmented)
+            lp("_augmented", c, augmented)
             lp("_real", c, real_imgs)
         say(f"class {i + 1}/{len(classes)} done ({time.time() - t0:.1f}s)")
 
@@ -468,6 +498,9 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
         rec.put("diversity_real", lambda: M.diversity(real_feats))
         rec.put("class_hit_real", lambda: M.class_hit(real_feats, centroids))  # the ceiling in this feature space
 
+    if controls and scratch is not None:
+        _placement(rec, seed)
+
     m["memorized_nominal"] = float(np.mean([M.memorization_rank(n_real_imgs[c], memorized_q) / (n_real_imgs[c] + 1.0)
                                             for c in classes]))
     m["features_standardised"] = float(standardised)
@@ -497,6 +530,37 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
                       feature_description=features.description,
                       figures=dict(diag.figures) if diag is not None else {},
                       per_class=rec.per_class, classes=list(classes), not_computed=dict(rec.not_computed))
+
+
+PLACED = ("class_hit", "diversity", "memorized_share")  # metrics placed between the untrained and augmented controls
+
+
+def _placement(rec: _Record, seed: int) -> None:
+    """Each of ``PLACED`` placed between its controls: ``lift_<m>`` = m - m_scratch per class (the lift over the
+    untrained control, paired by class), ``lift_<m>_augmented`` = m_augmented - m_scratch per class (the positive
+    control's lift), and ``gap_closed_<m>`` = mean lift / mean augmented lift (the share of the way from the
+    untrained to the augmented control the method goes: 0 = untrained, 1 = as far as classic augmentation; > 1
+    beyond it). ``gap_closed`` is not computed when the augmented control's lift is not separated from 0 (its
+    paired interval over classes, ``stats.paired_difference_ci``, covers 0): a share of no gap means nothing."""
+    from orchestrator.evaluation.stats import paired_difference_ci
+
+    for base in PLACED:
+        scratch = rec.per_class.get(f"{base}_scratch")
+        for suffix in ("", "_augmented"):
+            values = rec.per_class.get(f"{base}{suffix}")
+            if values is None or scratch is None:
+                continue
+            by_class = {c: v - s for c, v, s in zip(rec.classes, values, scratch)}
+            rec.put_per_class(f"lift_{base}{suffix}", by_class.__getitem__)
+        name = f"gap_closed_{base}"
+        if f"{base}_augmented" not in rec.per_class or scratch is None or f"{base}" not in rec.per_class:
+            continue
+        aug = paired_difference_ci(np.asarray([rec.per_class[f"{base}_augmented"]]), np.asarray([scratch]), seed=seed)
+        if not aug.separated:
+            rec.fail(name, f"the augmented control's {base} is not separated from the untrained control's "
+                           f"(lift {aug.mean:.3g} [{aug.low:.3g}, {aug.high:.3g}])")
+            continue
+        rec.put(name, lambda: rec.m[f"lift_{base}"] / rec.m[f"lift_{base}_augmented"])
 
 
 def _safe_list(fn: Callable[[], list[float]], n: int) -> list[float]:

@@ -231,7 +231,7 @@ register(Metric("kid", ("kid_{feature}",), "min", _ANY,
 register(Metric("kid_std", ("kid_{feature}_std",), None, _NONNEG, "KID's spread over subsets", row=True))
 register(Metric("class_hit", ("class_hit",), "max", _UNIT,
                 "share of generated images whose nearest real-class centroid is their own class", note=True,
-                table=("", "_scratch")))
+                table=("", "_scratch", "_augmented")))
 register(Metric("chance", ("chance",), None, _UNIT, "class_hit by chance: 1 / evaluated classes",
                 controls=False, table=("",)))
 register(Metric("memorized_share", ("memorized_share",), None, _UNIT,
@@ -305,3 +305,20 @@ register(Metric("mtgan_diagnostics", (r"mtgan_[a-z0-9_]+?",), None, _NONNEG,
 # A derived figure such as a lift over a control (class_hit_lift = class_hit - class_hit_scratch) or the share of
 # the gap between two controls that the method closes is a metric of its own: declare it here with its range and
 # direction (a name ending in a control suffix would be read as that control of its stem).
+
+# The placement of a method between its controls (protocol._placement): lift over the untrained control, paired by
+# class (``_augmented``: the positive control's own lift), and the share of the augmented control's lift it closes.
+register(Metric("lift_class_hit", ("lift_class_hit",), "max", (-1.0, 1.0),
+                "class_hit - class_hit_scratch per class (_augmented: the augmented control's lift)", table=("",)))
+register(Metric("lift_memorized_share", ("lift_memorized_share",), None, (-1.0, 1.0),
+                "memorized_share - memorized_share_scratch per class: copying bought over the untrained control"))
+register(Metric("lift_diversity", ("lift_diversity",), None, _ANY,
+                "diversity - diversity_scratch per class: spread gained (or lost, by collapse) over the untrained "
+                "control"))
+register(Metric("gap_closed_class_hit", ("gap_closed_class_hit",), "max", _ANY,
+                "mean lift_class_hit / mean lift_class_hit_augmented: 0 = the untrained control, 1 = the augmented "
+                "shots; not computed when the augmented control's lift is not separated from 0", controls=False,
+                table=("",)))
+register(Metric("gap_closed", ("gap_closed_diversity", "gap_closed_memorized_share"), None, _ANY,
+                "mean lift / mean augmented lift of diversity or memorized_share (read with the lifts: neither "
+                "direction is better)", controls=False))

@@ -1,0 +1,126 @@
+"""What makes two evaluations comparable, recorded with every evaluation (issue 22, item 2).
+
+Two numbers of the protocol can be set side by side, ranked or paired only when they were measured on the
+same data (dataset, content, split), at the same image size, in the same feature space (the feature network's
+weights), under the same protocol settings (shots, images generated per class, adaptation steps, evaluation
+seeds) and on the same conditioning shots. :func:`comparability_record` builds that record, ONE place; the
+lifecycle logs it as MLflow tags ``cmp.<key>`` on the run that holds the metrics and as ``comparability.json``;
+``compare`` groups rows by it and refuses a paired difference across groups.
+
+Other protocols (e.g. a LoFGAN-convention evaluation) use the same keys with their own ``protocol`` and
+``protocol_variant`` values, so that their numbers form their own groups.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+TAG_PREFIX = "cmp."
+# The record's keys, in the order they are shown; every one is a tag cmp.<key> (values are strings).
+KEYS = ("dataset", "data_digest", "split_seed", "split_sha256", "image_size", "channels", "features",
+        "features_sha256", "protocol", "protocol_variant", "shots", "n_generate", "adapt_steps", "eval_seeds",
+        "shot_indices_sha256")
+ARTIFACT = "comparability.json"
+
+
+def _sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def data_digest(ds: Any) -> str:
+    """sha256 (hex) of a loaded dataset's content: its name, class names, labels and uint8 images as loaded.
+
+    ``ds``: an ``orchestrator.data`` dataset (``images`` uint8 [N, C, H, W], ``labels`` [N], ``class_names``).
+    The images are hashed at the loaded size, so the same files at another ``--image-size`` give another digest
+    (as they give other numbers). Cached on the dataset object (the images are immutable once loaded)."""
+    cached = getattr(ds, "_cmp_data_digest", None)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256(json.dumps([str(ds.name), list(map(str, ds.class_names))]).encode())
+    h.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
+    images = ds.images
+    h.update(images.contiguous().numpy().tobytes() if hasattr(images, "numpy") else np.asarray(images).tobytes())
+    digest = h.hexdigest()
+    try:
+        ds._cmp_data_digest = digest
+    except AttributeError:  # a dataset class with __slots__: recompute next time
+        pass
+    return digest
+
+
+def features_sha256(features: Any) -> str:
+    """sha256 (hex) of a feature network's weights (every tensor of ``features.net.state_dict()``, by name, in
+    name order, as float bytes), or ``"none"`` for an evaluation without a feature network (classifiers)."""
+    net = getattr(features, "net", None)
+    if net is None:
+        return "none"
+    cached = getattr(features, "_cmp_sha256", None)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest = h.hexdigest()
+    features._cmp_sha256 = digest
+    return digest
+
+
+def comparability_record(*, dataset: str, ds: Any, split: Any, features: Any, shots: int, n_generate: int | None,
+                         adapt_steps: int | None, eval_seeds: list[int],
+                         shot_indices: dict[int, dict[int, list[int]]],
+                         protocol: str = "fsig", protocol_variant: str = "default") -> dict[str, str]:
+    """The comparability record of one evaluation: ``KEYS`` -> string values (MLflow tag values).
+
+    Args: ``dataset``: the dataset key (``omniglot``); ``ds``: the loaded dataset (``data_digest``; its
+      ``image_shape`` (C, H, W) gives ``image_size`` (H, or ``HxW``) and ``channels``); ``split``: the
+      ``orchestrator.data.Split`` (``seed``, ``to_dict()``); ``features``: the feature space the metrics were
+      computed in (``kind`` and its network's weights) or None; ``shots``, ``n_generate`` (None: not a generator
+      evaluation), ``adapt_steps`` (None: the method adapts without a step count); ``eval_seeds``: the evaluation
+      seeds the run's metrics come from; ``shot_indices``: per evaluation seed, each class's dataset indices of
+      its conditioning shots (``EvalResult.shot_indices``); ``protocol``/``protocol_variant``: ``fsig``/``default``
+      for this project's protocol.
+    Returns: a dict with every key of ``KEYS``; digests are full sha256 hex strings. Source: ours.
+    """
+    c, h, w = (int(v) for v in ds.image_shape)
+    shot_map = {str(int(s)): {str(int(k)): [int(i) for i in v] for k, v in sorted(per.items())}
+                for s, per in sorted(shot_indices.items())}
+    return {
+        "dataset": str(dataset),
+        "data_digest": data_digest(ds),
+        "split_seed": str(int(split.seed)),
+        "split_sha256": _sha256_json(split.to_dict()),
+        "image_size": str(h) if h == w else f"{h}x{w}",
+        "channels": str(c),
+        "features": str(getattr(features, "kind", None) or "none"),
+        "features_sha256": features_sha256(features),
+        "protocol": str(protocol),
+        "protocol_variant": str(protocol_variant),
+        "shots": str(int(shots)),
+        "n_generate": "none" if n_generate is None else str(int(n_generate)),
+        "adapt_steps": "none" if adapt_steps is None else str(int(adapt_steps)),
+        "eval_seeds": ",".join(str(int(s)) for s in sorted(eval_seeds)),
+        "shot_indices_sha256": _sha256_json(shot_map),
+    }
+
+
+def as_tags(record: dict[str, str]) -> dict[str, str]:
+    """``{"cmp.<key>": value}`` for MLflow tags."""
+    return {f"{TAG_PREFIX}{k}": str(v) for k, v in record.items()}
+
+
+def from_tags(tags: dict[str, str]) -> dict[str, str] | None:
+    """The record held by a run's tags (``cmp.<key>``), or None for a run recorded before comparability tags."""
+    record = {k[len(TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+    return record or None
+
+
+def differing_keys(a: dict[str, str] | None, b: dict[str, str] | None) -> list[str]:
+    """The keys on which two records differ (a missing record differs on ``"record"``), in ``KEYS`` order."""
+    if a is None or b is None:
+        return [] if a is None and b is None else ["record"]
+    keys = list(KEYS) + sorted((set(a) | set(b)) - set(KEYS))
+    return [k for k in keys if a.get(k) != b.get(k)]
