@@ -46,3 +46,14 @@ def ray_local(tmp_path_factory):
     init_ray_retrying(lambda: ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A command runner for whole ``python -m orchestrator`` processes with their own Ray temp dir
+    (``tests.test_faults.Env``), shared by the fault and preemption tests."""
+    from tests.test_faults import Env
+
+    e = Env(tmp_path)
+    yield e
+    e.close()

@@ -123,11 +123,6 @@ class Env:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
-@pytest.fixture
-def env(tmp_path):
-    e = Env(tmp_path)
-    yield e
-    e.close()
 
 
 def runs_of(uri: str, experiment: str) -> list:

@@ -7,6 +7,7 @@ Run: ``python -u -m pytest -q -m faults tests/test_preemption.py`` (the ``faults
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -18,7 +19,7 @@ import pytest
 
 from orchestrator import tracking
 from orchestrator.interrupt import TAG
-from tests.test_faults import FIGR, Env, kill_tree, recorded_step, run_at_step, steps_of, wait_for
+from tests.test_faults import FIGR, kill_tree, recorded_step, run_at_step, steps_of, wait_for
 
 # FIGR's tiny settings with 8 generated images per validation class: validation FID is NaN at every step (Ray's
 # restored checkpoint list then holds null for it). Selection now defaults to val_class_hit, and a too-small
@@ -30,11 +31,23 @@ NAN_SELECT = ["--set", "width=8", "--set", "val_generate=8", "--set", "n_generat
 STOP_BOUND_S = 90  # SIGTERM to exit: the clean-up is a few store writes and ray.shutdown
 
 
-@pytest.fixture
-def env(tmp_path):
-    e = Env(tmp_path)
-    yield e
-    e.close()
+@contextlib.contextmanager
+def small_tmpfs(path, size: str):
+    """A tmpfs of ``size`` (e.g. ``3m``) mounted on the new folder ``path`` (a disk that fills), unmounted after;
+    the test is skipped where it cannot be mounted (not root, no ``mount``)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip(f"needs root to mount a small tmpfs as the full disk (mount -t tmpfs -o size={size})")
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 
 
 def no_metric_twice(uri: str, run_id: str) -> None:
@@ -121,14 +134,7 @@ def test_full_artifact_store_ends_in_one_line_and_the_resume_records_everything_
     """The experiment's artifact store is a 3 MB tmpfs, filled up once training's last checkpoint is recorded (so the
     novel-class evaluation and the logged model meet the full disk): exit 2, one ``error:`` line naming the store and
     the resume, no traceback; once space is freed the resume finishes with every metric once, evaluation included."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs as the full disk (mount -t tmpfs -o size=3m)")
-    arts = tmp_path / "arts"
-    arts.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(arts)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "arts", "3m") as arts:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         exp, steps = "full", 8
         tracking.client(uri).create_experiment(exp, artifact_location=arts.as_uri())
@@ -158,8 +164,6 @@ def test_full_artifact_store_ends_in_one_line_and_the_resume_records_everything_
         assert run.info.status == "FINISHED" and "fid_domain" in run.data.metrics
         assert steps_of(uri, run_id, "d_loss") == list(range(1, steps + 1))
         no_metric_twice(uri, run_id)
-    finally:
-        subprocess.run(["umount", "-l", str(arts)], check=False)
 
 
 # ------------------------------------------------------------------------- the pieces, fast (default run) ----
@@ -231,16 +235,9 @@ def test_a_full_artifact_store_is_named_in_one_line(tmp_path):
     """A real full disk (a 1 MB tmpfs as the experiment's artifact location, filled): MLflow's copy fails with
     ``OSError: [Errno 28] No space left on device`` and no file name; ``store_failure`` names the run's artifact
     folder on that disk and its free space (what ``train`` then prints, with the resume, exit 2)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs as the full disk (mount -t tmpfs -o size=1m)")
     from orchestrator.recorder import store_failure
 
-    arts = tmp_path / "arts"
-    arts.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(arts)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "arts", "1m") as arts:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         tracking.client(uri).create_experiment("full", artifact_location=arts.as_uri())
         run_id = tracking.start_run(uri, "full", "n", {"a": 1}, {})
@@ -250,5 +247,3 @@ def test_a_full_artifact_store_is_named_in_one_line(tmp_path):
         assert err.value.errno == errno.ENOSPC
         why = store_failure(err.value, uri, run_id)
         assert why and why.startswith(str(arts / run_id / "artifacts")) and "No space left on device" in why, why
-    finally:
-        subprocess.run(["umount", "-l", str(arts)], check=False)
