@@ -195,10 +195,14 @@ CASES: dict[str, tuple] = {
         ["does not exist", "--tracking-uri"]),
     # --- issue 22: validation FID in 64-d domain features needs more than 64 generated images (digits has one
     # validation class): val_generate=8 used to be accepted, every val_fid_domain was NaN and nothing was selected.
-    "train-val-generate-too-small-for-fid": (lambda w: ["train", "figr", "--steps", "2", "--set", "val_generate=8"],
+    # (selection defaults to val_class_hit, which 8 images per class can give: these select on FID explicitly)
+    "train-val-generate-too-small-for-fid": (lambda w: ["train", "figr", "--steps", "2", "--set", "val_generate=8",
+                                                        "--set", "select_metric=val_fid_domain"],
                                              ["val_generate=8", "64-d", "val_generate=65", "select_metric=last"]),
-    "sweep-val-generate-too-small-for-fid": (lambda w: ["sweep", "figr", "--steps", "2", "--set", "val_generate=8"],
-                                             ["val_generate=8", "val_generate=65"]),
+    "sweep-val-generate-too-small-for-fid": (lambda w: ["sweep", "figr", "--steps", "2", "--set", "val_generate=8",
+                                                        "--set", "select_metric=val_fid_domain"],
+                                             # the figr space fixes n_val: 2, so 2 x 33 > 64 is the smallest
+                                             ["val_generate=8", "2 validation classes", "val_generate=33"]),
     "train-val-generate-too-small-per-class-fid": (
         lambda w: ["train", "figr", "--steps", "2", "--set", "val_generate=64",
                    "--set", "select_metric=val_fid_domain_per_class"], ["val_generate=64", "val_generate=65"]),
