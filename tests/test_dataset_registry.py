@@ -100,8 +100,8 @@ def test_a_new_declaration_is_read_everywhere(declared_toy, tmp_path):
         make_split(ds, seed=0, n_val=9)
     assert "toy-pngs (ten classes of test PNGs)" in _dataset_help(
         next(a for a in cli.parser()._actions if a.dest == "command").choices["train"])
-    with pytest.raises(UserError, match="toy-pngs dataset needs a data root: pass --data-root pointing at a folder "
-                                        "of the toy classes"):
+    with pytest.raises(UserError, match=r"toy-pngs needs a data root \(it is not downloaded\): pass --data-root "
+                                        "pointing at a folder of the toy classes"):
         load_dataset("toy-pngs")
     with pytest.raises(ValueError, match="declared twice"):
         registry.register(declared_toy)

@@ -135,6 +135,9 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
     if channels not in (1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels!r}: pass channels 1 (grayscale) or 3 (RGB)")
     background = spec.background if background is None else check_background(background)
+    if spec.needs_root and (root is None or not str(root).strip()):
+        raise UserError(f"{spec.name} needs a data root (it is not downloaded): pass --data-root pointing at "
+                        f"{spec.root_holds}")
     module, function = spec.loader.split(":")
     return getattr(importlib.import_module(module), function)(spec, root, image_size, channels, background)
 
@@ -446,8 +449,8 @@ def load_folder(spec: registry.DatasetSpec, root: str | Path | None, image_size:
     ``background``, white unless the caller overrides it), then ``images.square_array``.
     """
     root = check_root(spec, root)
-    if root is None:
-        raise UserError(f"the {spec.name} dataset needs a data root: pass --data-root pointing at {spec.root_holds}")
+    if root is None:  # load_dataset refuses this first for a declaration with needs_root
+        raise UserError(f"{spec.name} needs a data root: pass --data-root pointing at {spec.root_holds}")
     classes: list[tuple[str, list[Path]]] = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
