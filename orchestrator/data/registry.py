@@ -55,8 +55,9 @@ class DatasetSpec:
     ``name``: the ``--dataset`` key; ``loader``: ``"module:function"``, imported when the dataset is loaded
     and called as ``function(spec, root, image_size, channels, background)`` -> ``ClassDataset`` (``root``:
     the ``--data-root`` as given, or None); ``help``: one phrase for ``--dataset``'s help; ``root_holds``:
-    what ``--data-root`` points at, ending the error lines that name it ("" with ``npy``: LoFGAN's file); ``background``: ``"white"`` or
-    ``"black"``, what transparent pixels of image files are composited on; ``split``: the default
+    what ``--data-root`` points at, ending the error lines that name it ("" with ``npy``: LoFGAN's file);
+    ``background``: ``"white"`` or ``"black"``, what transparent pixels of image files are composited on;
+    ``split``: the default
     ``(n_val, n_novel)`` in groups, None for ~10% / ~20% of the groups (at least 1 each); ``group_unit``:
     what a group is called in messages (``"alphabets"``), None for classes (or "groups"); ``needs_root``:
     no download, ``--data-root`` is required; ``aliases``: other spellings accepted for ``name``;
