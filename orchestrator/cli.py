@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from orchestrator.data import registry as datasets  # standard library only: --help stays fast
 from orchestrator.errors import UserError
 
 
@@ -50,8 +51,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train a method under Ray Train, then evaluate it on novel classes",
                         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("method", nargs="?", help="method key, e.g. figr")
-    t.add_argument("--dataset", help="digits (default, no download), omniglot, mnist, fashion-mnist, folder, "
-                                     "flowers-npy, animalfaces-npy, vggface-npy (LoFGAN .npy arrays)")
+    t.add_argument("--dataset", help=datasets.help_text())
     t.add_argument("--data-root", help="local folder holding the dataset's files")
     t.add_argument("--image-size", type=int)
     t.add_argument("--channels", type=int, choices=(1, 3), help="1 = grayscale, 3 = RGB")

@@ -258,7 +258,9 @@ def log_data_input(uri: str, run_id: str, prep: Prepared, context: str) -> None:
     part = "base" if context == "training" else "novel"
     classes = [int(c) for c in getattr(split, part)]
     digest, idx = data_digest(prep, part)
-    loader = "sklearn.datasets.load_digits" if cfg["dataset"] == "digits" else f"orchestrator.data.load_dataset({cfg['dataset']!r})"
+    from orchestrator.data import registry
+
+    loader = registry.spec(cfg["dataset"]).recorded()
     tracking.log_dataset(uri, run_id, name=f"{cfg['dataset']}/{part}", root=cfg.get("data_root") or None,
                          digest=digest, context=context, profile={
                              "dataset": cfg["dataset"], "part": part, "classes": len(classes), "images": int(len(idx)),

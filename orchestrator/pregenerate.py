@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.data import registry as datasets
 from orchestrator.errors import UserError
 from orchestrator.interrupt import TAG, as_interrupted, on_signals
 
@@ -36,7 +37,7 @@ CLASS_PARTS = ("base", "val", "novel")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="digits (default), omniglot, mnist, fashion-mnist, folder")
+    p.add_argument("--dataset", help=datasets.help_text())
     p.add_argument("--data-root", help="local folder holding the dataset's files")
     p.add_argument("--image-size", type=int, help="load images at this size (default: the generator's resolution)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,

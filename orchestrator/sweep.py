@@ -62,6 +62,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from orchestrator.data import registry as datasets
 from orchestrator.errors import UserError
 
 DEFAULT_TRIALS = 4
@@ -86,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"meta-training budget per trial (default {DEFAULT_BUDGET_MINUTES} unless --steps)")
     p.add_argument("--steps", type=int, help="meta-training steps per trial")
     p.add_argument("--space", help="search-space YAML (default: search_spaces/METHOD.yaml)")
-    p.add_argument("--dataset", help="digits (default, no download), omniglot, mnist, fashion-mnist, folder")
+    p.add_argument("--dataset", help=datasets.help_text())
     p.add_argument("--data-root", help="local folder holding the dataset's files")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (TPE or random)")
     p.add_argument("--search", choices=SEARCHES, default="tpe",

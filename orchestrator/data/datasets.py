@@ -1,5 +1,9 @@
 """Class-indexed image datasets: every loader returns one ``ClassDataset`` of uint8 images.
 
+Which datasets exist, and what the harness knows about each (its loader here, background, default split,
+data root, help line), is declared once in ``data/registry.py``; ``load_dataset`` looks the name up
+there and calls the declared loader as ``loader(spec, root, image_size, channels, background)``.
+
 Why one in-memory shape: splits, samplers and evaluation index images by class many times a
 step, so each loader decodes once, resizes to ``image_size`` once, and keeps uint8 (70k MNIST
 images at 32x32 are 72 MB). ``get`` converts to float in [-1, 1] only for the images asked for.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import struct
@@ -31,14 +36,16 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from orchestrator.data import registry
 from orchestrator.data.images import (
-    bomb_warnings_as_errors, check_background, dataset_background, read_model_image, square_array,
+    bomb_warnings_as_errors, check_background, read_model_image, square_array,
 )
 from orchestrator.errors import UserError
 
@@ -47,35 +54,9 @@ if TYPE_CHECKING:
 
 
 
-@dataclass(frozen=True)
-class NpyBenchmark:
-    """One of the field's ``.npy`` benchmark arrays (LoFGAN and its followers; ours: the declaration).
-
-    The array is ``classes x images x H x W x C`` (128 px, RGB). ``n_seen``: LoFGAN trains on classes
-    ``[:n_seen]`` and evaluates on ``[n_seen:]`` (edward3862/LoFGAN-pytorch, configs/*_lofgan.yaml
-    ``dis.num_classes``, used as ``num_for_seen`` in dataset.py ``FSGDataset``: ``data[:num_for_seen]`` /
-    ``data[num_for_seen:]``; main_metric.py lines 98-106 slice the same index). ``n_pool``: the first
-    ``n_pool`` images of each unseen class are main_metric.py's conditioning pool (``num``), the rest its
-    reals. ``file``: the name in LoFGAN's configs (``data_root``). F2GAN
-    (bcmi/F2GAN-Few-Shot-Image-Generation, data_with_matchingclassifier.py ``flowersDAGANDataset`` /
-    ``animalsDAGANDataset``) loads the same array layout and the same class index (Flowers ``x[:85]`` /
-    ``x[85:]``, Animal Faces ``x[:119]`` / ``x[119:]``), so its layout is this one; it differs only in
-    resizing each image on the fly (cv2 bilinear) to its own image size.
-    """
-
-    file: str
-    n_seen: int
-    n_pool: int
-    float_unit: bool = False  # LoFGAN scales this array's images by 255 (main_metric.py line 131: VGGFace)
-
-
-NPY_BENCHMARKS = {
-    "flowers-npy": NpyBenchmark("flower_c8189_s128_data_rgb.npy", n_seen=85, n_pool=10),
-    "animalfaces-npy": NpyBenchmark("animal_128.npy", n_seen=119, n_pool=10),
-    "vggface-npy": NpyBenchmark("vgg_face_data_rgb.npy", n_seen=1802, n_pool=30, float_unit=True),
-}
-
-DATASET_NAMES = ("digits", "omniglot", "mnist", "fashion-mnist", "folder", *NPY_BENCHMARKS)
+# Derived views of the registry (``data/registry.py``), kept for readers that index them.
+NPY_BENCHMARKS = MappingProxyType({d.name: d.npy for d in registry.declared() if d.npy is not None})
+DATASET_NAMES = registry.names()
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 OMNIGLOT_SPLITS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
@@ -140,7 +121,7 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
     """Load dataset ``name`` resized to ``image_size`` square with ``channels`` (1 or 3) channels.
 
     ``background`` (``"white"`` or ``"black"``): what transparent pixels of decoded image files are
-    composited on; None takes the dataset's own (``images.dataset_background``: white for
+    composited on; None takes the dataset's own (its declaration's ``background``: white for
     ``omniglot`` and ``folder``, black for the light-on-black digit sets, whose files are not
     images and so have no transparency). See ``orchestrator.data.images`` for the conversion rule.
 
@@ -148,26 +129,17 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int = 32
         UserError: unknown dataset, bad size / channels / background, a missing or unreadable
             root, or any file the dataset's loader cannot read (one line naming it and the fix).
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key == "fashionmnist":
-        key = "fashion-mnist"
-    if key not in DATASET_NAMES:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
+    spec = registry.spec(name)
     if not isinstance(image_size, int) or image_size < 8:
         raise UserError(f"image size {image_size!r} is too small: pass an image size of at least 8")
     if channels not in (1, 3):
         raise UserError(f"channels must be 1 or 3, got {channels!r}: pass channels 1 (grayscale) or 3 (RGB)")
-    background = dataset_background(key) if background is None else check_background(background)
-    if key in NPY_BENCHMARKS:
-        return _load_npy(key, root, image_size, channels)
-    root_path = check_root(key, root)
-    if key == "digits":
-        return _load_digits(image_size, channels)
-    if key in ("mnist", "fashion-mnist"):
-        return _load_mnist(key, root_path, image_size, channels)
-    if key == "omniglot":
-        return _load_omniglot(root_path, image_size, channels, background)
-    return _load_folder(root_path, image_size, channels, background)
+    background = spec.background if background is None else check_background(background)
+    if spec.needs_root and (root is None or not str(root).strip()):
+        raise UserError(f"{spec.name} needs a data root (it is not downloaded): pass --data-root pointing at "
+                        f"{spec.root_holds}")
+    module, function = spec.loader.split(":")
+    return getattr(importlib.import_module(module), function)(spec, root, image_size, channels, background)
 
 
 def absolute_root(root: str | Path | None) -> str:
@@ -183,12 +155,12 @@ def absolute_root(root: str | Path | None) -> str:
     return os.path.abspath(os.path.expanduser(str(root)))
 
 
-def check_root(key: str, root: str | Path | None) -> Path | None:
+def check_root(spec: registry.DatasetSpec, root: str | Path | None) -> Path | None:
     """The data root as a ``Path`` (None when not given: None or blank), refused unless it is a readable folder.
 
     Every dataset refuses a root that does not exist, is a file (or anything but a folder), or
-    cannot be listed, with one line naming ``--data-root``. ``digits`` ships with scikit-learn
-    and reads no root, but a root given for it must still exist (a mistyped path is not ignored).
+    cannot be listed, with one line naming ``--data-root``. A dataset that reads no root (``digits``
+    ships with scikit-learn: ``spec.no_root``) still refuses a missing one (a mistyped path is not ignored).
 
     Raises:
         UserError: as above.
@@ -196,8 +168,8 @@ def check_root(key: str, root: str | Path | None) -> Path | None:
     if root is None or not str(root).strip():
         return None
     path = Path(root).expanduser()
-    fix = ("digits ships with scikit-learn, so leave --data-root out (or pass an existing folder)" if key == "digits"
-           else f"pass --data-root pointing at {_what_root_holds(key)}")
+    fix = (f"{spec.name} {spec.no_root}, so leave --data-root out (or pass an existing folder)" if spec.no_root
+           else f"pass --data-root pointing at {spec.root_holds}")
     if not path.exists():
         raise UserError(f"data root {path} does not exist: {fix}")
     if not path.is_dir():
@@ -205,16 +177,6 @@ def check_root(key: str, root: str | Path | None) -> Path | None:
     if not os.access(path, os.R_OK | os.X_OK):
         raise UserError(f"data root {path} cannot be read (permission denied): make it readable, or {fix}")
     return path
-
-
-def _what_root_holds(key: str) -> str:
-    return {
-        "mnist": "a folder holding the MNIST IDX files (train-images-idx3-ubyte.gz ...)",
-        "fashion-mnist": "a folder holding the Fashion-MNIST IDX files (in fashion-mnist/ or FashionMNIST/raw/)",
-        "omniglot": "a folder holding the omniglot archives (images_background*.zip)",
-        "folder": "a folder of class sub-folders of images (root/<class>/*.png)",
-        **{k: f"the benchmark's .npy file (or a folder holding {b.file})" for k, b in NPY_BENCHMARKS.items()},
-    }[key]
 
 
 def cache_dir() -> Path:
@@ -282,14 +244,15 @@ def _dataset(name: str, images: torch.Tensor, labels: np.ndarray, class_names: l
 # digits (ships with scikit-learn: the no-download default)
 
 
-def _load_digits(image_size: int, channels: int) -> ClassDataset:
-    """sklearn's 1,797 8x8 handwritten digits, 0..16 scaled to 0..255, bilinear-upsampled."""
-    from sklearn.datasets import load_digits
+def load_digits(spec: registry.DatasetSpec, root: str | Path | None, image_size: int, channels: int, background: str) -> ClassDataset:
+    """sklearn's 1,797 8x8 handwritten digits, 0..16 scaled to 0..255, bilinear-upsampled (a given root must exist)."""
+    from sklearn.datasets import load_digits as sklearn_digits
 
-    d = load_digits()
+    check_root(spec, root)
+    d = sklearn_digits()
     x = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8))[:, None]
     x = _to_channels(_resize_uint8(x, image_size), channels)
-    return _dataset("digits", x, d.target.astype(np.int64), [str(i) for i in range(10)])
+    return _dataset(spec.name, x, d.target.astype(np.int64), [str(i) for i in range(10)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,13 +264,6 @@ _IDX_FILES = {
     "test_images": "t10k-images{sep}idx3-ubyte",
     "test_labels": "t10k-labels{sep}idx1-ubyte",
 }
-_MNIST_DIRS = {
-    "mnist": ("MNIST/raw", "mnist", "MNIST", "."),
-    "fashion-mnist": ("FashionMNIST/raw", "fashion-mnist", "fashion_mnist", "FashionMNIST", "."),
-}
-_FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
 def _find_idx(folder: Path) -> dict[str, Path]:
     """The IDX files present in ``folder`` (gzipped or raw, ``-`` or ``.`` before idx)."""
     found = {}
@@ -342,20 +298,27 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         raise UserError(f"cannot read IDX file {path} ({e}): remove or replace it with the upstream file") from None
 
 
-def _load_mnist(key: str, root: Path | None, image_size: int, channels: int) -> ClassDataset:
-    """MNIST or Fashion-MNIST, train+test together (70,000 images) as one class-indexed set."""
+def load_idx(spec: registry.DatasetSpec, root: str | Path | None, image_size: int, channels: int, background: str) -> ClassDataset:
+    """An MNIST-style IDX dataset (MNIST, Fashion-MNIST), train+test together (70,000 images) as one class-indexed set.
+
+    ``spec.options``: ``folders`` (the layouts looked for under the root, first with IDX files wins),
+    ``classes`` (the class names by label) and ``torchvision`` (the ``torchvision.datasets`` class that
+    downloads it when no root is given).
+    """
+    key = spec.name
+    root = check_root(spec, root)
     if root is None:
         root = cache_dir() / "datasets"
-        folder = _mnist_folder(key, root)
+        folder = _idx_folder(spec, root)
         if folder is None:
-            _download_torchvision(key, root)
-            folder = _mnist_folder(key, root)
+            _download_torchvision(spec, root, "train")
+            folder = _idx_folder(spec, root)
     else:
-        folder = _mnist_folder(key, root)
+        folder = _idx_folder(spec, root)
     if folder is None:
-        looked = ", ".join(str(root / d) for d in _MNIST_DIRS[key])
+        looked = ", ".join(str(root / d) for d in spec.options["folders"])
         raise UserError(f"no {key} IDX files found (looked in {looked}): pass --data-root pointing at "
-                        f"{_what_root_holds(key)}")
+                        f"{spec.root_holds}")
     files = _find_idx(folder)
     missing = [_IDX_FILES[k].format(sep="-") for k in _IDX_FILES if k not in files]
     if missing:
@@ -368,38 +331,33 @@ def _load_mnist(key: str, root: Path | None, image_size: int, channels: int) -> 
     x = torch.from_numpy(np.concatenate(xs))[:, None]
     y = np.concatenate(ys).astype(np.int64)
     x = _to_channels(_resize_uint8(x, image_size), channels)
-    names = [str(i) for i in range(10)] if key == "mnist" else list(_FASHION_NAMES)
-    return _dataset(key, x, y, names)
+    return _dataset(key, x, y, list(spec.options["classes"]))
 
 
-def _mnist_folder(key: str, root: Path) -> Path | None:
+def _idx_folder(spec: registry.DatasetSpec, root: Path) -> Path | None:
     """First candidate layout under ``root`` holding any IDX file (the caller reports missing ones)."""
-    for d in _MNIST_DIRS[key]:
+    for d in spec.options["folders"]:
         folder = root / d
         if folder.is_dir() and _find_idx(folder):
             return folder
     return None
 
 
-def _download_torchvision(key: str, root: Path) -> None:
-    """Fetch with torchvision into our cache; any failure (no network) is a UserError."""
+def _download_torchvision(spec: registry.DatasetSpec, root: Path, part: str) -> None:
+    """Fetch both parts (``part=True`` and ``part=False``: ``train`` for MNIST, ``background`` for Omniglot) with
+    the ``torchvision.datasets`` class ``spec.options["torchvision"]`` into our cache; any failure (no network)
+    is a UserError."""
+    key = spec.name
     try:
         import torchvision.datasets as tvd
 
         root.mkdir(parents=True, exist_ok=True)
-        if key == "mnist":
-            tvd.MNIST(str(root), train=True, download=True)
-            tvd.MNIST(str(root), train=False, download=True)
-        elif key == "fashion-mnist":
-            tvd.FashionMNIST(str(root), train=True, download=True)
-            tvd.FashionMNIST(str(root), train=False, download=True)
-        else:
-            tvd.Omniglot(str(root), background=True, download=True)
-            tvd.Omniglot(str(root), background=False, download=True)
+        for flag in (True, False):
+            getattr(tvd, spec.options["torchvision"])(str(root), download=True, **{part: flag})
     except Exception as e:  # noqa: BLE001 - network, disk, checksum: all mean "bring your own copy"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"no local {key} data and the download into {root} failed ({msg}): pass --data-root pointing at "
-                        f"{_what_root_holds(key)}") from None
+                        f"{spec.root_holds}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,20 +380,21 @@ def _omniglot_sources(root: Path) -> list[tuple[str, str, Path]]:
     return sources
 
 
-def _load_omniglot(root: Path | None, image_size: int, channels: int, background: str = "white") -> ClassDataset:
+def load_omniglot(spec: registry.DatasetSpec, root: str | Path | None, image_size: int, channels: int, background: str) -> ClassDataset:
     """Every Omniglot split present, merged and de-duplicated by Alphabet/character and file name.
 
     Images are read with ``images.read_model_image`` as grey (any transparency on ``background``),
     resized with PIL bilinear from 105x105 and kept dark-ink-on-white (not inverted).
     """
+    root = check_root(spec, root)
     if root is None:
         root = cache_dir() / "datasets"
         if not _omniglot_sources(root):
-            _download_torchvision("omniglot", root)
+            _download_torchvision(spec, root, "background")
     sources = _omniglot_sources(root)
     if not sources:
         raise UserError(f"no omniglot archives found in {root} (nor {root / 'omniglot'}): pass --data-root pointing at "
-                        f"{_what_root_holds('omniglot')}")
+                        f"{spec.root_holds}")
     items: dict[tuple[str, str, str], tuple[str, Callable[[], bytes | Path]]] = {}
     evaluation: set[str] = set()
     for split, kind, path in sources:
@@ -456,7 +415,7 @@ def _load_omniglot(root: Path | None, image_size: int, channels: int, background
     arrays = _decode_many([items[k] for k in keys], 1, background, finish)
     x = _to_channels(torch.from_numpy(np.stack(arrays)), channels)
     labels = np.array([class_of[(a, c)] for a, c, _ in keys], dtype=np.int64)
-    return _dataset("omniglot", x, labels, [f"{a}/{c}" for a, c in class_keys], [a for a, _ in class_keys],
+    return _dataset(spec.name, x, labels, [f"{a}/{c}" for a, c in class_keys], [a for a, _ in class_keys],
                     sorted(evaluation) or None)
 
 
@@ -483,14 +442,15 @@ def _omniglot_entries(kind: str, path: Path) -> Iterable[tuple[str, str, str, st
 # folder of class sub-folders (CUB-200 images/, Animal Faces, FIGR-8, ...)
 
 
-def _load_folder(root: Path | None, image_size: int, channels: int, background: str = "white") -> ClassDataset:
+def load_folder(spec: registry.DatasetSpec, root: str | Path | None, image_size: int, channels: int, background: str) -> ClassDataset:
     """root/<class>/<image>: one class per sub-folder (sorted by name), shorter side resized then centre-cropped.
 
     Every file goes through ``images.read_model_image`` (any Pillow mode; transparency composited on
     ``background``, white unless the caller overrides it), then ``images.square_array``.
     """
-    if root is None:
-        raise UserError(f"the folder dataset needs a data root: pass --data-root pointing at {_what_root_holds('folder')}")
+    root = check_root(spec, root)
+    if root is None:  # load_dataset refuses this first for a declaration with needs_root
+        raise UserError(f"{spec.name} needs a data root: pass --data-root pointing at {spec.root_holds}")
     classes: list[tuple[str, list[Path]]] = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
@@ -502,7 +462,7 @@ def _load_folder(root: Path | None, image_size: int, channels: int, background: 
             classes.append((d.name, files))
     if not classes:
         raise UserError(f"no class sub-folders with images in {root}: pass --data-root pointing at "
-                        f"{_what_root_holds('folder')} (images directly in the root are not read)")
+                        f"{spec.root_holds} (images directly in the root are not read)")
     files = [f for _, fs in classes for f in fs]
     labels = np.array([i for i, (_, fs) in enumerate(classes) for _ in fs], dtype=np.int64)
     names = [n for n, _ in classes]
@@ -515,7 +475,7 @@ def _load_folder(root: Path | None, image_size: int, channels: int, background: 
                               lambda im: square_array(im, image_size, crop=True))
         x = np.stack(arrays)
         _write_cache(cache, x)
-    return _dataset("folder", torch.from_numpy(x), labels, names)
+    return _dataset(spec.name, torch.from_numpy(x), labels, names)
 
 
 def _stat(f: Path) -> tuple[int, int]:
@@ -548,14 +508,14 @@ def _write_cache(path: Path, x: np.ndarray) -> None:
 # the field's .npy benchmark arrays (LoFGAN, F2GAN, WaveGAN, ...): classes x images x H x W x C
 
 
-def npy_path(key: str, root: str | Path | None) -> Path:
+def npy_path(spec: registry.DatasetSpec, root: str | Path | None) -> Path:
     """The ``.npy`` file of benchmark ``key``: ``root`` itself when it is a file, else ``root/<LoFGAN's file name>``.
 
     Raises:
         UserError: no root, or neither the file nor the folder's file exists.
     """
-    bench = NPY_BENCHMARKS[key]
-    fix = f"pass --data-root pointing at {_what_root_holds(key)}; it is not downloaded"
+    key, bench = spec.name, spec.npy
+    fix = f"pass --data-root pointing at {spec.root_holds}; it is not downloaded"
     if root is None or not str(root).strip():
         raise UserError(f"{key} needs a data root: {fix}")
     path = Path(root).expanduser()
@@ -566,7 +526,7 @@ def npy_path(key: str, root: str | Path | None) -> Path:
     return path
 
 
-def _load_npy(key: str, root: str | Path | None, image_size: int, channels: int) -> ClassDataset:
+def load_npy(spec: registry.DatasetSpec, root: str | Path | None, image_size: int, channels: int, background: str) -> ClassDataset:
     """A LoFGAN-style array as a ``ClassDataset``: class c's i-th image is dataset index c * images + i.
 
     The array is read memory-mapped and converted class by class (VGGFace is ~11 GB): uint8 as is, or
@@ -579,8 +539,8 @@ def _load_npy(key: str, root: str | Path | None, image_size: int, channels: int)
     Raises:
         UserError: a missing or unreadable file, a wrong shape or dtype, or fewer classes than ``n_seen`` + 1.
     """
-    bench = NPY_BENCHMARKS[key]
-    path = npy_path(key, root)
+    key, bench = spec.name, spec.npy
+    path = npy_path(spec, root)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:

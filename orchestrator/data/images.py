@@ -44,7 +44,7 @@ Channels: 1 channel is Pillow's ``convert("L")`` of the RGB result (ITU-R 601-2 
 image. Multi-frame files (animated GIF, multi-page TIFF) give their first frame. JPEG/TIFF EXIF
 orientation is applied (``ImageOps.exif_transpose``).
 
-Background per dataset (:data:`DATASET_BACKGROUNDS`): Omniglot is dark ink on white, so
+Background per dataset (each declaration's ``background`` in ``data/registry.py``): Omniglot is dark ink on white, so
 ``"white"``; ``digits``, ``mnist`` and ``fashion-mnist`` are light ink on black, so ``"black"``;
 ``folder`` datasets default to ``"white"`` (photos and drawings on transparent canvases are
 usually meant to be seen on white), overridable with ``load_dataset(..., background="black")``.
@@ -68,14 +68,13 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import torch
 
+from orchestrator.data import registry
+from orchestrator.data.registry import BACKGROUNDS
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-BACKGROUNDS = ("white", "black")
-DATASET_BACKGROUNDS = {"omniglot": "white", "digits": "black", "mnist": "black", "fashion-mnist": "black",
-                       "folder": "white"}
 
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _HIGH_DEPTH = ("I", "F")  # plus every "I;16..." mode
@@ -84,10 +83,10 @@ _HIGH_DEPTH = ("I", "F")  # plus every "I;16..." mode
 def dataset_background(name: str) -> str:
     """The background a dataset's transparent images are composited on (ours): ``"white"`` or ``"black"``.
 
-    Unknown names get ``"white"`` (the ``folder`` default).
+    Read from the dataset's declaration (``data/registry.py``); unknown names get ``"white"`` (the ``folder`` default).
     """
-    key = str(name).strip().lower().replace("_", "-")
-    return DATASET_BACKGROUNDS.get("fashion-mnist" if key == "fashionmnist" else key, "white")
+    spec = registry.find(name)
+    return spec.background if spec is not None else "white"
 
 
 def check_background(background: str) -> str:

@@ -14,19 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.data.datasets import NPY_BENCHMARKS, ClassDataset
+from orchestrator.data import registry
+from orchestrator.data.datasets import ClassDataset
 from orchestrator.errors import UserError
 
 PARTS = ("base", "val", "novel")
-
-# dataset -> (default n_val, default n_novel), counted in groups; folder uses fractions instead.
-# MNIST / Fashion-MNIST hold out 3 of 10 classes: with one novel class, class_hit is 1 (chance)
-# by construction and IS / Mode Score over one class carry no quality signal (issue 12).
-_DEFAULTS = {"omniglot": (1, 2), "mnist": (1, 3), "fashion-mnist": (1, 3), "digits": (1, 2)}
-# The .npy benchmarks' novel classes are their published unseen classes (``datasets.NPY_BENCHMARKS``,
-# ``default_novel_groups``); one val class is drawn from the seen ones (checkpoint selection needs one),
-# so base is LoFGAN's training set less that class.
-_DEFAULTS.update({key: (1, 0) for key in NPY_BENCHMARKS})
 
 
 @dataclass
@@ -88,12 +80,13 @@ class Split:
 def make_split(ds: ClassDataset, seed: int = 0, n_val: int | None = None, n_novel: int | None = None) -> Split:
     """Draw a split over whole groups from ``seed`` (same seed, same split).
 
-    Defaults, in groups: omniglot 2 novel + 1 val alphabets, or, when the dataset has
-    ``default_novel_groups`` (the evaluation alphabets) and ``n_novel`` is None, those as novel and
-    ``n_val`` (1) alphabets drawn from the rest as val; mnist / fashion-mnist 3 novel + 1 val
-    classes, 6 base (FIGR held out one digit, but then ``class_hit`` is chance by construction and
-    IS / Mode Score see one class; three novel classes make class-specificity measurable);
-    digits 2 novel + 1 val; folder and anything else ~20% novel, ~10% val, at least 1 each.
+    Defaults, in groups, are the dataset's declaration's ``split`` (``data/registry.py``): omniglot 2 novel
+    + 1 val alphabets, or, when the dataset has ``default_novel_groups`` (the evaluation alphabets; a
+    ``.npy`` benchmark's published unseen classes) and ``n_novel`` is None, those as novel and ``n_val`` (1)
+    drawn from the rest as val; mnist / fashion-mnist 3 novel + 1 val classes, 6 base (FIGR held out one
+    digit, but then ``class_hit`` is chance by construction and IS / Mode Score see one class; three novel
+    classes make class-specificity measurable); digits 2 novel + 1 val; folder (no declared ``split``) and
+    any undeclared name ~20% novel, ~10% val, at least 1 each.
     At least one group stays base. An explicit ``n_val`` / ``n_novel`` overrides the default.
 
     Raises:
@@ -101,8 +94,11 @@ def make_split(ds: ClassDataset, seed: int = 0, n_val: int | None = None, n_nove
     """
     groups = sorted(set(ds.class_groups))
     members = {g: [c for c, cg in enumerate(ds.class_groups) if cg == g] for g in groups}
-    unit = "alphabets" if ds.name == "omniglot" else "classes" if groups == sorted(ds.class_names) else "groups"
-    dv, dn = _DEFAULTS.get(ds.name, (max(1, round(0.1 * len(groups))), max(1, round(0.2 * len(groups)))))
+    spec = registry.find(ds.name)
+    unit = ((spec.group_unit if spec is not None else None)
+            or ("classes" if groups == sorted(ds.class_names) else "groups"))
+    dv, dn = (spec.split if spec is not None and spec.split is not None
+              else (max(1, round(0.1 * len(groups))), max(1, round(0.2 * len(groups)))))
     n_val = dv if n_val is None else int(n_val)
     rng = np.random.default_rng([int(seed) % 2**64, 0x5917])  # tagged: not the sampler's stream
     fixed_novel = ds.default_novel_groups if n_novel is None else None

@@ -377,13 +377,13 @@ def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, vari
 
 
 def pool_size(dataset: str, variant: Variant) -> int:
-    """``num``: the variant's ``pool``, else the benchmark's (``datasets.NPY_BENCHMARKS``), else 10 (Flowers')."""
-    from orchestrator.data import NPY_BENCHMARKS
+    """``num``: the variant's ``pool``, else the benchmark's (its declaration's ``npy``), else 10 (Flowers')."""
+    from orchestrator.data import registry
 
     if variant.pool is not None:
         return int(variant.pool)
-    bench = NPY_BENCHMARKS.get(dataset)
-    return bench.n_pool if bench is not None else 10
+    spec = registry.find(dataset)
+    return spec.npy.n_pool if spec is not None and spec.npy is not None else 10
 
 
 def lofgan_lpips_model(weights: str | os.PathLike | None) -> Callable | None:
