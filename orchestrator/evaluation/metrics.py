@@ -498,7 +498,7 @@ def mse_ssim(generated: torch.Tensor | np.ndarray, reals: torch.Tensor | np.ndar
     """Pixel MSE and SSIM of each generated image against its NEAREST real image, averaged.
 
     Pairing. Batra, Mahajan & Vartak (NYU), "Few Shot Learning for Image Generation", §4.1 and
-    Table 1 (shared/papers/reptile-gan-and-transfer-baselines.txt) score generated images by
+    Table 1, score generated images by
     "the mean square error between pixel intensities of the two images" and SSIM, "where 1
     indicates perfect similarity", but never say which real image a generated one is compared
     with, and their public code has no evaluation script. We pair each generated image with the

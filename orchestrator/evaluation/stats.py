@@ -3,10 +3,10 @@
 A protocol metric that has per-class values (``EvalResult.per_class``) evaluated under several
 seeds forms a grid ``values[seed, class]``. The estimand is the metric's mean over seeds and
 classes; its uncertainty has two sources: which seeds were trained (the outer level, usually few:
-3-5) and which classes were drawn (the inner level). MISSION.md asks for "a mean with a 95%
-interval over seeds and classes" and for two methods to "differ only where the interval of their
-paired difference excludes zero"; issue 12 asks for "a bootstrap that resamples classes within
-each seed and seeds at the outer level". :func:`bootstrap_ci` does this:
+3-5) and which classes were drawn (the inner level). The protocol (docs/protocol.md) reports a mean
+with a 95% interval over seeds and classes, and two methods differ only where the interval of
+their paired difference excludes zero. :func:`bootstrap_ci` resamples classes within each seed and
+seeds at the outer level:
 
 1. Point estimate: the mean over seeds of each seed's mean over its (finite) classes; seeds weigh
    equally whatever number of classes each kept.
