@@ -47,19 +47,13 @@ Where the paper is ambiguous, what this module does:
   every worker after the all-reduce); the pair samples and generation draw only from recorded slots
   (details at ``Hallucinator`` and ``MFH._kmeans_pairs``). Gumbel addressing draws from every slot.
 - ``diversity_loss=false`` (Table 4) drops L_ds only; the pair is still generated for the GAN.
-- Training images per class: the harness gives each task ``shots`` images, the same number
-  evaluation conditions on, so the default ``shots=1`` (the paper's one-shot test; its training
-  also samples "one image x from one category y") makes f_cr one image's feature during training.
-  ``--set shots=K`` trains with K-image class means (eq. 1) but then also evaluates K-shot.
+- ``shots`` is both the training images per class and the evaluation shots: the default 1 is the
+  paper's one-shot setting (its training samples "one image x from one category y").
 
-Inference (no fine-tuning): ``adapt`` encodes the shots' CR feature with the EMA encoder
-(``steps`` is ignored); the sampler draws memory slots (a fresh seeded permutation of all usable
-slots per that many images, so the first images use distinct slots; usable = all slots with gumbel
-addressing, the usage record with kmeans; ``MFHSampler.slot_indices`` says which).
-``adapt(steps=0)``, the protocol's "unadapted" control, uses a zero CR feature instead of the
-shots': the same memory and generator with no information about the class, so its class_hit shows
-what the CR path adds.
-``interpolate`` walks linearly between two slots (Fig. 10).
+Inference (no fine-tuning): ``adapt`` encodes the shots' CR feature with the EMA encoder (``steps``
+ignored) and the sampler draws usable memory slots in seeded permutations (``MFHSampler``).
+``adapt(steps=0)``, the "unadapted" control, uses a zero CR feature: same memory and generator, no
+class information. ``interpolate`` walks linearly between two slots (Fig. 10).
 
 Determinism: every draw inside a step (Gumbel noise, pair slots) comes from a ``torch.Generator``
 seeded by its task's seed, images are processed independently (no batch norm), losses are means

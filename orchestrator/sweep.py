@@ -1,4 +1,4 @@
-"""``python -m orchestrator sweep METHOD``: Ray Tune + OptunaSearch + ASHA over Ray Train trials (issue #4).
+"""``python -m orchestrator sweep METHOD``: Ray Tune + OptunaSearch + ASHA over Ray Train trials.
 
 How it fits together (Ray 2.60, Train V2):
 
