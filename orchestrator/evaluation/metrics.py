@@ -111,7 +111,7 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
                                            f"its covariance is singular by construction (need more than {dim})")
     s1, s2 = np.atleast_2d(s1), np.atleast_2d(s2)
     # pytorch-fid print()s a note when it regularises a singular product; keep it (stdout is for results).
-    # scipy 1.17 warns that pytorch-fid's sqrtm(disp=False) is deprecated (STACK.md pins scipy<1.18).
+    # scipy 1.17 warns that pytorch-fid's sqrtm(disp=False) is deprecated (pyproject.toml pins scipy<1.18).
     note = io.StringIO()
     try:
         with contextlib.redirect_stdout(note), warnings.catch_warnings():
