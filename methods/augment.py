@@ -1,6 +1,6 @@
 """Seeded image augmentation: k shots -> a few hundred varied images (transfer baselines, ``_augmented`` control).
 
-The NYU paper (shared/papers/reptile-gan-and-transfer-baselines.txt, section 2) augments 4 images
+Batra, Mahajan & Vartak, "Few Shot Learning for Image Generation" (NYU), section 2, augments 4 images
 of the new class to 300 "using transformations like RandomCrop, ColorJitter etc.". Each output
 image here is one shot (cycled, so every shot is used equally) through:
   1. random resized crop: area 70-100 %, aspect ratio 3/4-4/3, resized back to H x W;

@@ -23,9 +23,8 @@ this module does:
 - Architecture. The paper names ResNet-18-style nets; the code defaults to a DCGAN-style net
   (5x5 convs, width 64, nearest upsampling). Both are here (``arch=dcgan`` default, ``arch=resnet``),
   built as in the authors' code (methods/nets.py): LayerNorm over C x H x W and PReLU everywhere.
-  Width: the public code's is 64 (``--set width=64``, ~18M parameters a net, ~20 s a task on one
-  CPU thread); the default here is 16 (~1 s a task), so a 10-minute CPU run makes the ~600
-  meta-steps the brief's calibration used. On GPUs, use 64.
+  Width: the public code's is 64 (``--set width=64``, ~18M parameters a net, meant for a GPU);
+  the default here is 16, about 20 times cheaper a task, so short CPU runs make useful progress.
 - Gradient penalty. The public code takes the norm over dim 1 only (the channels), i.e. one
   norm per pixel; here the norm is per sample over C x H x W as WGAN-GP defines it.
 - Loss scale. The public code's critic loss is mean(D(x) * target) over the 2n real+fake scores
@@ -47,20 +46,15 @@ tasks in the channel dimension, every conv one grouped convolution), inside a pu
 step differentiated with ``torch.func.grad`` -- nested for the penalty's per-sample input gradient.
 No op mixes tasks, so task t's gradients, draws (its own generator, in the loop's order) and
 updates are those of the loop; in float64 the two agree to ~1e-16 (tests/test_task_batch.py).
-Chosen over ``torch.func.vmap`` of ``functional_call`` by measurement on the 2-core CPU (dcgan,
-width 16, n=4, K=10, T=8, one thread, one wall-clock run on the shared machine): 0.76 tasks/s grouped
-against 0.64 with vmap, whose conv batching rule also ends in a grouped convolution but adds per-op
-wrapping at two functorch levels.
-On this CPU batching gains little (the loop spends ~20% of its time on per-op overhead, which is
-all batching can remove; docs/benchmarks_batched.md has the figures); the gain belongs to a GPU.
-Both inner optimizers (the inner Adam replays torch.optim.Adam's update on the stacks) and both
+Grouped convolutions rather than ``torch.func.vmap`` of ``functional_call``: vmap's conv rule ends
+in the same grouped convolution but adds per-op wrapping at two functorch levels. Batching removes
+per-op overhead only, so its gain is on a GPU (docs/benchmarks_batched.md has the figures and
+commands). Both inner optimizers (the inner Adam replays torch.optim.Adam's update on the stacks) and both
 archs are batched. Tasks with different image counts go in separate batches.
 
 ``compile=true``: the same functional inner step through ``torch.compile(fullgraph=True)`` (also at
 T=1, and in ``adapt``); equal to eager within float tolerance. A cold Inductor compile of the step
-takes minutes on a 2-core CPU (4.4 CPU-minutes, 14 min wall on the loaded machine); once compiled,
-one measurement gave 0.44 s against 0.72 s eager per meta-step (width 4, T=2, K=2). Inductor needs a
-C++ compiler on the CPU.
+takes minutes on a CPU, so it pays only for long runs. Inductor needs a C++ compiler on the CPU.
 """
 from __future__ import annotations
 

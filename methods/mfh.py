@@ -43,31 +43,17 @@ Where the paper is ambiguous, what this module does:
   commitment loss ``commitment``*||f - sg(M_k)||^2; the pair samples read M through a stop-gradient
   too, and L_cb (defined on R's distribution) does not apply. Nearest-slot addressing collapses to a
   few slots; the others keep their random initial vectors, which Table 4's ablation never reads. So
-  the model keeps a usage record ``slot_used`` (a bool buffer in the state dict, EMA copy included):
-  after each step's all-reduce, every slot whose memory row has a non-zero gradient is marked. Only
-  the codebook loss reaches M, and only through the selected rows, so that is exactly "some worker's
-  image addressed this slot"; the all-reduced gradient is identical on every worker, so the record is
-  too and N workers record what one worker with all their tasks records (no extra all-reduce, no
-  per-worker state). The pair of task j draws its slots from the record plus the slots task j's own
-  images address in this step (a per-task rule, so still worker-independent; a = b when that set has
-  one slot), and generation, ``interpolate`` and Fig. 5 draw only from recorded slots (all slots
-  while the record is empty, i.e. before the first meta-step). Gumbel addressing has no record and
-  draws from every slot exactly as before. A kmeans checkpoint written before the record existed
-  loads with every slot marked (what its generator was trained and sampled on).
+  the model keeps a usage record ``slot_used`` (slots whose memory row got a gradient, identical on
+  every worker after the all-reduce); the pair samples and generation draw only from recorded slots
+  (details at ``Hallucinator`` and ``MFH._kmeans_pairs``). Gumbel addressing draws from every slot.
 - ``diversity_loss=false`` (Table 4) drops L_ds only; the pair is still generated for the GAN.
-- Training images per class: the harness gives each task ``shots`` images, the same number
-  evaluation conditions on, so the default ``shots=1`` (the paper's one-shot test; its training
-  also samples "one image x from one category y") makes f_cr one image's feature during training.
-  ``--set shots=K`` trains with K-image class means (eq. 1) but then also evaluates K-shot.
+- ``shots`` is both the training images per class and the evaluation shots: the default 1 is the
+  paper's one-shot setting (its training samples "one image x from one category y").
 
-Inference (no fine-tuning): ``adapt`` encodes the shots' CR feature with the EMA encoder
-(``steps`` is ignored); the sampler draws memory slots (a fresh seeded permutation of all usable
-slots per that many images, so the first images use distinct slots; usable = all slots with gumbel
-addressing, the usage record with kmeans; ``MFHSampler.slot_indices`` says which).
-``adapt(steps=0)``, the protocol's "unadapted" control, uses a zero CR feature instead of the
-shots': the same memory and generator with no information about the class, so its class_hit shows
-what the CR path adds.
-``interpolate`` walks linearly between two slots (Fig. 10).
+Inference (no fine-tuning): ``adapt`` encodes the shots' CR feature with the EMA encoder (``steps``
+ignored) and the sampler draws usable memory slots in seeded permutations (``MFHSampler``).
+``adapt(steps=0)``, the "unadapted" control, uses a zero CR feature: same memory and generator, no
+class information. ``interpolate`` walks linearly between two slots (Fig. 10).
 
 Determinism: every draw inside a step (Gumbel noise, pair slots) comes from a ``torch.Generator``
 seeded by its task's seed, images are processed independently (no batch norm), losses are means

@@ -1,7 +1,8 @@
 """Meta Transfer GAN (Zhang & Hu): a conditional GAN pre-trained on the base classes, then
 Meta-Transfer-Learning's scale-and-shift (SS) meta-learned on frozen convolutions.
 
-No public code exists; this follows the paper's equations (shared/papers/meta-transfer-gan.txt).
+No public code exists; this follows the equations of "Meta Transfer GAN: A Meta-learning Approach
+to Few-shot GAN" (Hao Zhang, Zhe Hu).
 One ``train mtgan`` run goes through the phases, switched by this method's own step counter
 (the harness drives the steps), so the phase is always derivable from the checkpoint:
 

@@ -1,6 +1,6 @@
 """Transfer-learning baselines (Batra, Mahajan & Vartak, NYU): DCGAN, conditional DCGAN and InfoGAN
 pre-trained on the base classes, then fine-tuned on the k shots of a new class augmented to a few
-hundred images (shared/papers/reptile-gan-and-transfer-baselines.txt, section 2 and 3.2).
+hundred images ("Few Shot Learning for Image Generation", sections 2 and 3.2).
 
 ``--set arch=dcgan|cdcgan|infogan`` (methods/transfer_nets.py holds the nets):
 - ``dcgan``: G(z), D(x); the non-saturating GAN loss (binary cross-entropy on D's logit).

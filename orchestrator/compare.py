@@ -1,4 +1,4 @@
-"""``python -m orchestrator compare``: best trial per method and dataset from MLflow (issue #4).
+"""``python -m orchestrator compare``: best trial per method and dataset from MLflow.
 
 Reads runs straight from MLflow (an experiment, or the children of a sweep's parent run) so it
 works on anything ``train`` or ``sweep`` recorded, on a laptop or against the cluster's server.
@@ -15,7 +15,7 @@ by its novel-class score would select on the test classes. A ``val_*`` metric's 
 over the run's history (what checkpoint selection used), not its last; the table then shows the
 chosen run's novel-class metrics.
 
-Replicates, budgets and paired differences (issue 12):
+Replicates, budgets and paired differences:
 
 - A ``train --replicates N`` parent (tag ``replicate_role=parent``) is one row: its metrics are the
   parent's ``<metric>_mean``, printed as ``mean [ci_low, ci_high]``; its seed children are not ranked on
@@ -36,12 +36,12 @@ Replicates, budgets and paired differences (issue 12):
   per-class values of ``per_class_<figure>.json`` (or over seeds alone for a pooled metric), and an
   interval that covers 0 is printed as "not separated".
 
-Placement between controls (issue 21): for each row, ``class_hit``, ``diversity`` and ``memorized_share`` minus the
+Placement between controls: for each row, ``class_hit``, ``diversity`` and ``memorized_share`` minus the
 untrained control's (``_scratch``), paired over seeds and classes with ``stats.paired_difference_ci``, and the share of
 the gap between the untrained and the augmented control (``_augmented``) the row closes (shown when that gap is
 separated from 0); so class-specificity bought by collapse (diversity down) or copying (memorized_share up) shows.
 
-Comparability (issue 22): every evaluation records ``cmp.*`` tags (``evaluation.comparability``: data, split, image
+Comparability: every evaluation records ``cmp.*`` tags (``evaluation.comparability``: data, split, image
 size, feature network, protocol settings, shots). Rows are ranked within one comparability group only: a table per
 group, never one "best" across groups, and no paired difference across groups (``--pair`` across groups is refused,
 naming the keys that differ). Runs recorded before these tags form their own group, said so.

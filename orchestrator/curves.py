@@ -1,4 +1,4 @@
-"""Learning curves and time to signal (issue 21 item 4), drawn by ``compare --curves``.
+"""Learning curves and time to signal, drawn by ``compare --curves``.
 
 What a run records for them (a generator's ``train``/``sweep`` run, ``orchestrator.loop`` and
 ``orchestrator.lifecycle``): at every evaluation step the MLflow metric histories ``val_class_hit``,

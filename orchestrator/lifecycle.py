@@ -167,7 +167,7 @@ def init_ray_retrying(start: Callable[[], None], retry: bool = True, attempts: i
     (the new child processes, by pid) and call it again, up to ``attempts`` times (``retry=False``: once).
 
     Ray gives a new local node a fixed 30 s for its raylet to register with the GCS; on a machine whose cores are
-    busy (measured here at a load of 40-70 on 2 cores) that is missed now and then ("timed out during startup").
+    busy (a load many times the core count) that is missed now and then ("timed out during startup").
     Every other error propagates at once. Used by ``ensure_ray`` and the tests' session Ray (ours).
     """
     import psutil  # a Ray dependency

@@ -1,4 +1,4 @@
-"""``python -m orchestrator sweep METHOD``: Ray Tune + OptunaSearch + ASHA over Ray Train trials (issue #4).
+"""``python -m orchestrator sweep METHOD``: Ray Tune + OptunaSearch + ASHA over Ray Train trials.
 
 How it fits together (Ray 2.60, Train V2):
 
@@ -19,7 +19,7 @@ How it fits together (Ray 2.60, Train V2):
   the space's ``fixed:`` < CLI flags (``--dataset``, ``--steps``, ``--budget-minutes`` ...) < ``--set``
   < the trial's searched values (``--set`` on a searched key is refused). Defaults: 4 trials of
   1 minute each (a space's ``fixed:`` ``steps``/``budget_minutes`` replace the minute, as
-  ``search_spaces/mfh.yaml`` does), as many at a time as the cluster's CPUs hold (2 here).
+  ``search_spaces/mfh.yaml`` does), as many at a time as the cluster's CPUs hold.
 - Each trial is a Tune *function* trainable (``_trial``) that requests no CPU (``{"cpu": 0,
   "memory": 1}``) and builds a ``TorchTrainer`` through the run lifecycle (``orchestrator.lifecycle``) with Ray Tune's
   ``TuneReportCallback``: every ``eval_every`` steps the workers' ``ray.train.report`` (losses and

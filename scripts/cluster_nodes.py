@@ -3,7 +3,7 @@
 Run on a cluster node (``scripts/cluster_smoke.sh`` runs it on the head with ``ray exec``)::
 
     python scripts/cluster_nodes.py --tracking-uri http://HEAD:5000 \\
-        --job SUBMISSION_ID:sweep:2 --job SUBMISSION_ID:train:2
+        --job JOB_ID:sweep:2 --job JOB_ID:train:2
 
 ``--job ID:KIND:N`` names a ``ray job submit`` submission and what it must show:
 
@@ -34,7 +34,7 @@ def _worker_groups(job_id: str, actors, node_ip) -> dict[str, list[tuple[str, st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--job", action="append", default=[], metavar="SUBMISSION_ID:KIND:N")
+    ap.add_argument("--job", action="append", default=[], metavar="JOB_ID:KIND:N")
     ap.add_argument("--tracking-uri", help="MLflow server whose runs to list")
     ap.add_argument("--experiment", default=None, help="MLflow experiment (default: every experiment)")
     ap.add_argument("--address", default="auto")

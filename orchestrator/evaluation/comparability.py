@@ -1,4 +1,4 @@
-"""What makes two evaluations comparable, recorded with every evaluation (issue 22, item 2).
+"""What makes two evaluations comparable, recorded with every evaluation.
 
 Two numbers of the protocol can be set side by side, ranked or paired only when they were measured on the
 same data (dataset, content, split), at the same image size, in the same feature space (the feature network's

@@ -1,4 +1,4 @@
-"""LPIPS diversity (Zhang et al. 2018) from a local backbone weights file (issue #12).
+"""LPIPS diversity (Zhang et al. 2018) from a local backbone weights file.
 
 LPIPS itself comes from the authors' maintained package (``lpips`` on PyPI): its network code and its
 linear calibration layers (``lpips/weights/v0.1/{alex,vgg,squeeze}.pth``, shipped inside the wheel).

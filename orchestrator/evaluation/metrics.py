@@ -111,7 +111,7 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
                                            f"its covariance is singular by construction (need more than {dim})")
     s1, s2 = np.atleast_2d(s1), np.atleast_2d(s2)
     # pytorch-fid print()s a note when it regularises a singular product; keep it (stdout is for results).
-    # scipy 1.17 warns that pytorch-fid's sqrtm(disp=False) is deprecated (STACK.md pins scipy<1.18).
+    # scipy 1.17 warns that pytorch-fid's sqrtm(disp=False) is deprecated (pyproject.toml pins scipy<1.18).
     note = io.StringIO()
     try:
         with contextlib.redirect_stdout(note), warnings.catch_warnings():
@@ -498,7 +498,7 @@ def mse_ssim(generated: torch.Tensor | np.ndarray, reals: torch.Tensor | np.ndar
     """Pixel MSE and SSIM of each generated image against its NEAREST real image, averaged.
 
     Pairing. Batra, Mahajan & Vartak (NYU), "Few Shot Learning for Image Generation", §4.1 and
-    Table 1 (shared/papers/reptile-gan-and-transfer-baselines.txt) score generated images by
+    Table 1, score generated images by
     "the mean square error between pixel intensities of the two images" and SSIM, "where 1
     indicates perfect similarity", but never say which real image a generated one is compared
     with, and their public code has no evaluation script. We pair each generated image with the

@@ -1,6 +1,6 @@
 """The one few-shot generation protocol, seeded, applied to every method.
 
-LoFGAN-family convention (see MISSION.md, "Evaluation protocols"): for every evaluated class a
+LoFGAN-family convention (docs/protocol.md says the full protocol): for every evaluated class a
 seeded permutation picks the ``shots`` conditioning images and the class's other images are the
 reals; the method adapts on the shots and generates ``n_generate`` images; FID and KID are
 pooled over all classes (generated vs reals) in one feature space, standardised with the base

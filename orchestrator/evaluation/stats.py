@@ -3,10 +3,10 @@
 A protocol metric that has per-class values (``EvalResult.per_class``) evaluated under several
 seeds forms a grid ``values[seed, class]``. The estimand is the metric's mean over seeds and
 classes; its uncertainty has two sources: which seeds were trained (the outer level, usually few:
-3-5) and which classes were drawn (the inner level). MISSION.md asks for "a mean with a 95%
-interval over seeds and classes" and for two methods to "differ only where the interval of their
-paired difference excludes zero"; issue 12 asks for "a bootstrap that resamples classes within
-each seed and seeds at the outer level". :func:`bootstrap_ci` does this:
+3-5) and which classes were drawn (the inner level). The protocol (docs/protocol.md) reports a mean
+with a 95% interval over seeds and classes, and two methods differ only where the interval of
+their paired difference excludes zero. :func:`bootstrap_ci` resamples classes within each seed and
+seeds at the outer level:
 
 1. Point estimate: the mean over seeds of each seed's mean over its (finite) classes; seeds weigh
    equally whatever number of classes each kept.
@@ -24,8 +24,7 @@ each seed and seeds at the outer level". :func:`bootstrap_ci` does this:
    ``sqrt(n/(n-1))`` per level (a bootstrap variance of a mean of n is (n-1)/n of the unbiased one)
    and by ``t_df / z`` with ``df`` the Welch-Satterthwaite degrees of freedom of the seed and class
    components (seed means' and class means' variances). With 3 seeds the plain percentile interval
-   covered a known mean 73-93% of the time instead of 95% (below); it cannot reach beyond the
-   range of 3 seed means. ``expand=False`` gives the plain percentile interval.
+   under-covers (below): it cannot reach beyond the range of 3 seed means. ``expand=False`` gives the plain percentile interval.
 
 With one seed the outer level cannot be resampled: the interval is over classes only
 (``CI.n_seeds`` says so); with one finite cell it is that point.
@@ -34,16 +33,11 @@ NaN handling: a NaN cell (the metric was not computed for that class under that 
 a seed (row) or a class (column) with no finite cell is dropped; all three counts are on the result
 (``dropped_cells``, ``dropped_seeds``, ``dropped_classes``). Nothing is imputed.
 
-Coverage of the 95% interval of a known mean, 200 synthetic replications each, crossed model
-y[s, c] = 1 + a_s + b_c + e_sc with normal effects (measured while writing this module, 2000
-replicates per interval), for (seeds, classes) in {(3, 20), (5, 20), (10, 10)} and (sd_a, sd_b,
-sd_e) in {(1, 0, .1), (1, 1, 1), (.1, 1, .3), (0, 0, 1), (.3, .3, 1)}: crossed + expanded
-0.94-1.00, conservative (1.00) when the seed x class interaction dominates, as the pigeonhole
-bootstrap is known to be; plain percentile (``expand=False``) 0.72-1.00 (0.72 with 3 seeds and
-seed effects dominating); ``design="nested"`` on these shared-class data 0.71-1.00. On nested data
-(classes drawn afresh per seed) crossed + expanded covered 0.91-1.00. ``tests/test_stats.py``
-re-checks the crossed + expanded interval's coverage within [0.88, 0.99] on a crossed and on a
-nested case.
+Coverage of a known mean on synthetic crossed data y[s, c] = 1 + a_s + b_c + e_sc (3-10 seeds,
+10-20 classes): crossed + expanded 0.94-1.00 (conservative when the seed x class interaction
+dominates, as the pigeonhole bootstrap is known to be); plain percentile as low as 0.72 with 3
+seeds; ``design="nested"`` on shared classes as low as 0.71. ``tests/test_stats.py`` checks the
+crossed + expanded coverage lies within [0.88, 0.99] on a crossed and on a nested case.
 """
 from __future__ import annotations
 
