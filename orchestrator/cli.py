@@ -15,9 +15,10 @@ from orchestrator.errors import UserError
 
 PROG = "python -m orchestrator"
 EXIT_CODES = """exit status: 0 done; 2 an error that names its fix (bad input, a store that took no record, a full disk),
-one line on stderr; 143 stopped by SIGTERM, 130 by SIGINT (Ctrl-C): the run is KILLED with tag
-fsig.interrupted=true and the last line on stderr is the command that continues it (train --resume RUN,
-sweep --resume NAME, or the same pregenerate command); 1 a bug (a traceback)."""
+one line on stderr; 143 stopped by SIGTERM, 130 by SIGINT (Ctrl-C): for train, sweep and pregenerate the run is
+KILLED with tag fsig.interrupted=true and the last line on stderr is the command that continues it (train --resume
+RUN, sweep --resume NAME, or the same pregenerate command; evaluate and generate have no such handling yet: run them
+again); 1 a bug (a traceback)."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -519,7 +519,9 @@ def _unit_record(unit: _Unit) -> dict[str, str] | None:
 
 
 def _cmp_key(record: dict[str, str] | None) -> tuple | None:
-    return None if record is None else tuple(sorted(record.items()))
+    from orchestrator.evaluation.comparability import grouping
+
+    return None if record is None else tuple(sorted(grouping(record).items()))
 
 
 def _short(v: str | None) -> str:
@@ -660,7 +662,7 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     for u in kept:
         r = u.run
         record = _unit_record(u)
-        cmp_key = None if record is None else tuple(sorted(record.items()))
+        cmp_key = _cmp_key(record)
         records[cmp_key] = record
         key = (cmp_key, variant_label(r.data.tags.get("method", "-"), r.data.params), r.data.tags.get("dataset", "-"))
         groups.setdefault(key, []).append(u)

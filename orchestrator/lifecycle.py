@@ -345,7 +345,12 @@ def train_and_record(prep: Prepared, *, uri: str, run_id: str, name: str, storag
             saved = load_checkpoint(Path(d))
         select = cfg["select_metric"]
         value = chosen.get(select)  # a number, or NaN (null once Ray Train restored its list from JSON)
-        if isinstance(value, (int, float)) and math.isfinite(value):
+        if isinstance(value, (int, float)) and math.isfinite(value) and len(prep.split.val) < 2 \
+                and "class_hit" in select:
+            # one validation class: its centroid is the only one, so class_hit is 1 at every step (ties -> latest)
+            why = (f"the latest: {select} cannot rank checkpoints with one validation class; pass --set n_val=2 "
+                   f"or more to select on it")
+        elif isinstance(value, (int, float)) and math.isfinite(value):
             why = f"{select}={value:.4g} on validation classes"
         else:  # best_checkpoint's fallback
             why = f"the latest: {select} is NaN on every checkpoint" if select in chosen else "the latest"
@@ -434,7 +439,7 @@ def record_untrained_validation(prep: Prepared, uri: str, run_id: str) -> dict[s
             shutil.copyfile(written[0], untrained)
             tracking.log_file(uri, run_id, untrained, VAL_PER_CLASS)
     finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
-    tracking.log_metrics(uri, run_id, finite, 0)
+    log_metrics_once(uri, run_id, finite, 0)  # a resume before the first checkpoint validates it again
     log("untrained control on validation classes: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return finite
 

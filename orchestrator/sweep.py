@@ -544,7 +544,10 @@ def _check_saved_space(sweep: dict[str, Any], name: str, use_saved: bool) -> Non
         _log(f"search space: the one saved when sweep {name} started (its file {path} is not there now)")
         return
     try:
-        now = search_space.load(path, defaults).to_dict()
+        loaded = search_space.load(path, defaults)
+        if "metrics" in saved and not loaded.multi:  # the objectives came from --objectives, not from the file
+            loaded = loaded.with_objectives(list(saved["metrics"]))
+        now = loaded.to_dict()
     except UserError:  # edited into a space that no longer validates
         keys = ["it is no longer a valid search space"]
     else:
@@ -910,7 +913,8 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
         summary["objectives"] = list(space.metrics)
         summary["pareto_front"] = [{"trial_id": p["trial_id"], "run_id": p["run_id"], **p["values"]} for p in front]
     if best_tid is not None:
-        _evaluate_if_stopped(sweep, uri, child_of[best_tid], prep)
+        if not interrupted:  # a signal's grace period is no time for a novel-class evaluation: the resume does it
+            _evaluate_if_stopped(sweep, uri, child_of[best_tid], prep)
         _record_best(uri, parent, summary)
     _record_study(sweep, uri, parent, finished=not interrupted)
     tracking.describe_run(uri, parent, title=(

@@ -60,7 +60,9 @@ def _evaluated(root) -> tuple[str, dict[str, str]]:
     return uri, runs
 
 
-@pytest.fixture(scope="module", params=["train", "evaluate"])
+# The train form (three real `train figr` runs, ~2 min) is in the slow set; the evaluate form records the same three
+# configurations through the lifecycle's own functions, without Ray, in the default run.
+@pytest.fixture(scope="module", params=[pytest.param("train", marks=pytest.mark.slow), "evaluate"])
 def three(tmp_path_factory, request):
     root = tmp_path_factory.mktemp(f"comparability-{request.param}")
     uri, runs = _trained(root, request) if request.param == "train" else _evaluated(root)
@@ -152,3 +154,13 @@ def test_compare_prints_the_lift_over_the_untrained_control_with_its_interval(th
     assert f"\n    class_hit - class_hit_scratch {shown}" in block
     assert "\n    diversity - diversity_scratch " in block and "\n    memorized_share - memorized_share_scratch " in block
     json.dumps(out["rows"], default=str)  # the rows (with placement and comparability) serialise
+
+
+def test_a_methods_own_adaptation_steps_do_not_split_groups():
+    """figr adapts 10 steps, transfer 50: both are compared under one protocol, so adapt_steps is recorded only."""
+    from orchestrator.evaluation.comparability import differing_keys
+
+    a = {"dataset": "omniglot", "shots": "4", "adapt_steps": "10"}
+    assert differing_keys(a, {**a, "adapt_steps": "50"}) == []
+    assert differing_keys(a, {**a, "shots": "1"}) == ["shots"]
+    assert compare._cmp_key(a) == compare._cmp_key({**a, "adapt_steps": "50"})

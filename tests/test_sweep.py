@@ -259,6 +259,7 @@ def dashboard_study(path: str, name: str, n_trials: int) -> None:
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # two sweeps, one Ctrl-C; test_tiny_sweep_is_one_parent_with_two_finished_children stays in the default run
 def test_interrupted_sweep_resumes_to_exactly_its_trials(store, tmp_path, capsys):
     """Ctrl-C once the first trial's child run is FINISHED; --resume completes the rest, nothing twice."""
     space = write(tmp_path, TINY)

@@ -63,6 +63,7 @@ def store(tmp_path_factory, ray_local):
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+@pytest.mark.slow  # a whole 3-trial Tune sweep; the objective parsing and the pick rule are tested above
 def test_two_objective_sweep_records_a_pareto_front(store, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(TINY_TWO.replace("metrics: [val_class_hit, val_fid_domain]", "metric: val_fid_domain"))

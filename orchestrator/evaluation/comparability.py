@@ -24,6 +24,14 @@ KEYS = ("dataset", "data_digest", "split_seed", "split_sha256", "image_size", "c
         "features_sha256", "protocol", "protocol_variant", "shots", "n_generate", "adapt_steps", "eval_seeds",
         "shot_indices_sha256")
 ARTIFACT = "comparability.json"
+# Recorded, but not a reason to keep two evaluations apart: a method's own adaptation budget (figr 10 steps, transfer
+# 50, mfh none) is part of the method being compared, not of how it was measured.
+METHOD_KEYS = ("adapt_steps",)
+
+
+def grouping(record: dict[str, str] | None) -> dict[str, str] | None:
+    """The part of a record that must be equal for two evaluations to be compared (``METHOD_KEYS`` dropped)."""
+    return None if record is None else {k: v for k, v in record.items() if k not in METHOD_KEYS}
 
 
 def _sha256_json(obj: Any) -> str:
@@ -119,8 +127,10 @@ def from_tags(tags: dict[str, str]) -> dict[str, str] | None:
 
 
 def differing_keys(a: dict[str, str] | None, b: dict[str, str] | None) -> list[str]:
-    """The keys on which two records differ (a missing record differs on ``"record"``), in ``KEYS`` order."""
+    """The keys on which two records differ (a missing record differs on ``"record"``), in ``KEYS`` order;
+    ``METHOD_KEYS`` are not compared."""
     if a is None or b is None:
         return [] if a is None and b is None else ["record"]
+    a, b = grouping(a), grouping(b)
     keys = list(KEYS) + sorted((set(a) | set(b)) - set(KEYS))
     return [k for k in keys if a.get(k) != b.get(k)]
