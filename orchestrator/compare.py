@@ -480,15 +480,27 @@ def placement(uri: str, unit: _Unit) -> dict[str, dict[str, Any]]:
         mine = _seed_cells(uri, unit, base)
         blank = {"a": unit.run.info.run_id, "b": unit.run.info.run_id, "difference": None, "ci_low": None,
                  "ci_high": None, "separated": False, "n_seeds": 0, "n_classes": 0, "note": ""}
-        lift = _paired(mine, scratch, {**blank, "metric": f"{base} - {base}_scratch"})
+        lift = _within_range(_paired(mine, scratch, {**blank, "metric": f"{base} - {base}_scratch"}), f"lift_{base}")
         augmented = _seed_cells(uri, unit, f"{base}_augmented")
         aug = (None if all(math.isnan(c["headline"]) for c in augmented.values())
-               else _paired(augmented, scratch, {**blank, "metric": f"{base}_augmented - {base}_scratch"}))
+               else _within_range(_paired(augmented, scratch, {**blank, "metric": f"{base}_augmented - {base}_scratch"}),
+                                  f"lift_{base}"))
         gap = None
         if aug is not None and aug["separated"] and lift["difference"] is not None and aug["difference"]:
             gap = lift["difference"] / aug["difference"]
         out[base] = {"lift": lift, "augmented_lift": aug, "gap_closed": gap}
     return out
+
+
+def _within_range(d: dict[str, Any], metric: str) -> dict[str, Any]:
+    """``d``'s interval intersected with ``metric``'s declared range (a lift of a share lies in [-1, 1]: the
+    small-sample expansion of few classes must not print [-2.6, 2.5]), as ``stats.summarize_seeds`` does."""
+    from orchestrator.evaluation.stats import metric_bounds
+
+    lo, hi = metric_bounds(metric)
+    if d.get("ci_low") is not None:
+        d["ci_low"], d["ci_high"] = max(d["ci_low"], lo), min(d["ci_high"], hi)
+    return d
 
 
 def _fmt_placement(label: str, place: dict[str, dict[str, Any]]) -> str:
@@ -551,8 +563,8 @@ def _group_header(no: int, record: dict[str, str] | None, first: dict[str, str] 
     from orchestrator.evaluation.comparability import differing_keys
 
     if record is None:
-        return (f"comparability group {no} ({n_rows} row(s)): runs recorded before comparability tags (no cmp.* "
-                f"record): compared only with each other")
+        return (f"comparability group {no} ({n_rows} row(s)): runs recorded before comparability tags or never "
+                f"evaluated on novel classes (e.g. stopped early by ASHA; no cmp.* record): compared only with each other")
     if no == 1 or first is None:
         return (f"comparability group {no} ({n_rows} row(s)): {record.get('dataset')}, split seed "
                 f"{record.get('split_seed')}, image size {record.get('image_size')}, {record.get('features')} "
