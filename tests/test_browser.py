@@ -192,6 +192,15 @@ def test_a_sample_image_shows_on_a_runs_page(swept, ui, page):
     # MLflow 3.17 draws logged images as "image grid" cards among the charts of the run's "Model metrics" tab
     # (one card per key, a step slider under it). The search box keeps only the image cards in view (the
     # 140-odd metric charts are drawn lazily as they scroll in).
+    # MLflow's UI fetches each image over /get-artifact and draws it from a blob: URL (its presigned-URL route
+    # answers 501 on a local store), so which file the card shows is read from the responses the page received.
+    fetched: list[str] = []
+
+    def on_response(response):
+        if "/get-artifact?" in response.url and response.status == 200:
+            fetched.append(response.url)
+
+    page.on("response", on_response)
     page.goto(f"{ui}/#/experiments/{exp_id}/runs/{kid.info.run_id}/model-metrics")
     page.get_by_placeholder("Search metric charts").fill("val_samples")
     card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
@@ -209,10 +218,14 @@ def test_a_sample_image_shows_on_a_runs_page(swept, ui, page):
     step_box.fill(str(steps[-1]))
     step_box.press("Tab")  # the box commits its value on blur
     expect(slider).to_have_attribute("aria-valuenow", str(steps[-1]), timeout=WAIT_MS)
-    img = dialog.locator(f"img[src*='get-artifact'][src*='val_samples%2Bstep%2B{steps[-1]}%2B'][src*='{kid.info.run_id}']")
+    img = dialog.locator("img")
     img.wait_for()
     page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=WAIT_MS)
     assert img.evaluate("el => el.naturalWidth") > 8
+    page.remove_listener("response", on_response)
+    # The drawn image was fetched (before its blob: URL existed): the last step's grid of this run.
+    wanted = [u for u in fetched if f"val_samples%2Bstep%2B{steps[-1]}%2B" in u and f"run_uuid={kid.info.run_id}" in u]
+    assert wanted, fetched
     img.scroll_into_view_if_needed()
     expect(img).to_be_in_viewport(timeout=WAIT_MS)  # drawn where it can be seen, not clipped away
     page.screenshot(path=str(root / "run_images.png"))
