@@ -867,7 +867,7 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
         # A trial ASHA stops is torn down mid-fit: its run is left RUNNING, or FAILED when the teardown
         # raised inside the trial's own handler; either way Tune calls it TERMINATED.
         if trial_status == "TERMINATED" and run_status != "FINISHED" and not ran_to_end:
-            _close_stopped(uri, run_id, results.get(tid), metric, mode)
+            _close_stopped(uri, run_id, results.get(tid), metric)
         elif run_status == "RUNNING" and trial_status == "ERROR":
             tracking.end_run(uri, run_id, "FAILED")
         elif run_status == "RUNNING":  # interrupted: resume sets it RUNNING again
@@ -880,12 +880,17 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
     completed = sum(v == "TERMINATED" for v in status.values())
     # The best trial by its best validation value, read from MLflow: a trial resumed from a checkpoint
     # reported to Tune only after the resume, but its child run holds the whole history.
+    # A trial's value is the one at the checkpoint it selects (loop.select_step, the rule train uses); trials tie
+    # to the first one listed.
+    from orchestrator.loop import select_step
+
     best_tid, best_value, best_config = None, None, None
     for tid, run_id in child_of.items():
-        values = [m.value for m in c.get_metric_history(run_id, metric) if math.isfinite(m.value)]
-        if not values:
+        history = {int(m.step): float(m.value) for m in c.get_metric_history(run_id, metric)}
+        step = select_step(history, metric)
+        if step is None:
             continue
-        v = float(min(values) if mode == "min" else max(values))
+        v = history[step]
         if best_value is None or (v < best_value if mode == "min" else v > best_value):
             best_tid, best_value = tid, v
             best_config = {k: by_id[tid].config[k] for k in space.params if k in by_id[tid].config}
@@ -946,7 +951,7 @@ def trial_point(uri: str, run_id: str, trial_id: str, space) -> dict[str, Any] |
     """One trial's objective values, read from its child run's metric histories, at its selected checkpoint.
 
     The step is the run's ``selected_step`` tag (its checkpoint, chosen on the primary objective), else the step
-    of its best primary value. Returns ``{"trial_id", "run_id", "step", "values": {objective: float}}``, or None
+    ``loop.select_step`` picks from the primary objective's history (best value, ties to the later step). Returns ``{"trial_id", "run_id", "step", "values": {objective: float}}``, or None
     when any objective has no finite value at that step (an errored or unevaluated trial is not on any front).
     """
     from orchestrator import tracking
@@ -961,8 +966,9 @@ def trial_point(uri: str, run_id: str, trial_id: str, space) -> dict[str, Any] |
     if tag is not None and tag.isdigit() and int(tag) in primary:
         step = int(tag)
     else:
-        pick = max if space.mode == "max" else min
-        step = pick(primary, key=lambda k: (primary[k], k) if space.mode == "max" else (primary[k], -k))
+        from orchestrator.loop import select_step
+
+        step = select_step(primary, space.metric)
     if any(step not in h for h in hist.values()):
         return None
     return {"trial_id": trial_id, "run_id": run_id, "step": step, "values": {m: h[step] for m, h in hist.items()}}
@@ -1071,7 +1077,7 @@ def _record_best(uri: str, parent: str, summary: dict[str, Any]) -> None:
             c.set_tag(parent, f"best.{k}", str(v))
 
 
-def _close_stopped(uri: str, run_id: str, result, metric: str, mode: str) -> None:
+def _close_stopped(uri: str, run_id: str, result, metric: str) -> None:
     """A trial ASHA stopped was killed mid-fit: log its best validation checkpoint and close its run."""
     from orchestrator import lifecycle, tracking
     from orchestrator.checkpoints import load_checkpoint
@@ -1082,11 +1088,16 @@ def _close_stopped(uri: str, run_id: str, result, metric: str, mode: str) -> Non
         last_step = int(df["step"].dropna().iloc[-1])
     tags = {"stopped_early": "true", "stopped_at_step": str(last_step)}
     if df is not None and "checkpoint_path" in df and metric in df:
+        from orchestrator.loop import select_evaluation
+
         rows = df.dropna(subset=["checkpoint_path", metric])
         rows = rows[[Path(p, "model.pt").is_file() for p in rows["checkpoint_path"]]]
-        if len(rows):
-            row = rows.loc[rows[metric].idxmin() if mode == "min" else rows[metric].idxmax()]
-            saved = load_checkpoint(Path(row["checkpoint_path"]))
+        # The rule a finished trial's checkpoint is chosen by (best value, ties to the later step).
+        steps = rows["step"] if "step" in rows else rows.index
+        chosen = select_evaluation([(str(p), {"step": float(s) if math.isfinite(float(s)) else 0.0, metric: float(v)})
+                                    for p, s, v in zip(rows["checkpoint_path"], steps, rows[metric])], metric)
+        if chosen is not None:
+            saved = load_checkpoint(Path(chosen[0]))
             lifecycle.log_model(uri, run_id, saved)
             tags["selected_step"] = str(int(saved["step"]))
     tracking.set_tags(uri, run_id, tags)
