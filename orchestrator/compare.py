@@ -423,11 +423,13 @@ def paired_difference(uri: str, a: _Unit, b: _Unit, metric: str) -> dict[str, An
     return _paired(_seed_cells(uri, a, metric), _seed_cells(uri, b, metric), out)
 
 
-def _paired(ca: dict, cb: dict, out: dict[str, Any]) -> dict[str, Any]:
-    """``paired_difference`` on the seed cells of the two sides (``_seed_cells``); fills and returns ``out``."""
+def _paired(ca: dict, cb: dict, out: dict[str, Any], lift_of: str | None = None) -> dict[str, Any]:
+    """``paired_difference`` on the seed cells of the two sides (``_seed_cells``); fills and returns ``out``.
+    ``lift_of``: the sides are ``<lift_of>`` (or its augmented control) and ``<lift_of>_scratch``, so the difference
+    is a lift (``stats.lift_ci``: its interval within the lift's declared range)."""
     import numpy as np
 
-    from orchestrator.evaluation.stats import paired_difference_ci
+    from orchestrator.evaluation.stats import lift_ci, paired_difference_ci
 
     metric = out["metric"]
     if set(ca) != set(cb):
@@ -450,7 +452,7 @@ def _paired(ca: dict, cb: dict, out: dict[str, Any]) -> dict[str, Any]:
     else:  # a pooled metric (FID, KID, accuracy): one value per seed, paired over seeds
         grid_a = np.array([[ca[k]["headline"]] for k in keys], dtype=np.float64)
         grid_b = np.array([[cb[k]["headline"]] for k in keys], dtype=np.float64)
-    d = paired_difference_ci(grid_a, grid_b)
+    d = lift_ci(grid_a, grid_b, lift_of) if lift_of else paired_difference_ci(grid_a, grid_b)
     out.update({"difference": _finite(d.mean), "ci_low": _finite(d.low), "ci_high": _finite(d.high),
                 "separated": bool(d.separated), "n_seeds": int(d.n_seeds), "n_classes": int(d.n_classes)})
     if d.n_cells <= 1:
@@ -480,27 +482,15 @@ def placement(uri: str, unit: _Unit) -> dict[str, dict[str, Any]]:
         mine = _seed_cells(uri, unit, base)
         blank = {"a": unit.run.info.run_id, "b": unit.run.info.run_id, "difference": None, "ci_low": None,
                  "ci_high": None, "separated": False, "n_seeds": 0, "n_classes": 0, "note": ""}
-        lift = _within_range(_paired(mine, scratch, {**blank, "metric": f"{base} - {base}_scratch"}), f"lift_{base}")
+        lift = _paired(mine, scratch, {**blank, "metric": f"{base} - {base}_scratch"}, lift_of=base)
         augmented = _seed_cells(uri, unit, f"{base}_augmented")
         aug = (None if all(math.isnan(c["headline"]) for c in augmented.values())
-               else _within_range(_paired(augmented, scratch, {**blank, "metric": f"{base}_augmented - {base}_scratch"}),
-                                  f"lift_{base}"))
+               else _paired(augmented, scratch, {**blank, "metric": f"{base}_augmented - {base}_scratch"}, lift_of=base))
         gap = None
         if aug is not None and aug["separated"] and lift["difference"] is not None and aug["difference"]:
             gap = lift["difference"] / aug["difference"]
         out[base] = {"lift": lift, "augmented_lift": aug, "gap_closed": gap}
     return out
-
-
-def _within_range(d: dict[str, Any], metric: str) -> dict[str, Any]:
-    """``d``'s interval intersected with ``metric``'s declared range (a lift of a share lies in [-1, 1]: the
-    small-sample expansion of few classes must not print [-2.6, 2.5]), as ``stats.summarize_seeds`` does."""
-    from orchestrator.evaluation.stats import metric_bounds
-
-    lo, hi = metric_bounds(metric)
-    if d.get("ci_low") is not None:
-        d["ci_low"], d["ci_high"] = max(d["ci_low"], lo), min(d["ci_high"], hi)
-    return d
 
 
 def _fmt_placement(label: str, place: dict[str, dict[str, Any]]) -> str:

@@ -270,7 +270,7 @@ def best_trial_summary(uri: str, summary: dict[str, Any]) -> str | None:
     the paired lift over the untrained control with its 95% interval over the novel classes, a verdict, and
     the path of the trial's sample grid. None when the best trial has no ``class_hit`` (a classifier's sweep)."""
     from orchestrator import tracking
-    from orchestrator.evaluation.stats import paired_difference_ci
+    from orchestrator.evaluation.stats import lift_ci
 
     run_id = summary.get("best_run_id")
     if not run_id or run_id == "None":
@@ -290,10 +290,8 @@ def best_trial_summary(uri: str, summary: dict[str, Any]) -> str | None:
 
         a = np.array(per["class_hit"], dtype=float)
         b = np.array(per["class_hit_scratch"], dtype=float)
-        d = paired_difference_ci(a, b)
-        # A difference of two shares lies in [-1, 1]: the small-sample expansion (few classes) can reach past it.
-        low, high = max(d.low, -1.0), min(d.high, 1.0)
-        lift = f"; lift over untrained {d.mean:+.3f} [{low:+.3f}, {high:+.3f}] over {a.size} novel classes"
+        d = lift_ci(a, b, "class_hit")
+        lift = f"; lift over untrained {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] over {a.size} novel classes"
         if d.separated and d.mean > 0:
             verdict = "above the untrained control (interval excludes 0)"
         elif d.mean > 0:

@@ -11,7 +11,8 @@ import pickle
 import numpy as np
 import pytest
 
-from orchestrator.evaluation.stats import CI, PairedCI, bootstrap_ci, metric_bounds, paired_difference_ci, summarize_seeds
+from orchestrator.evaluation.stats import (CI, PairedCI, bootstrap_ci, lift_ci, metric_bounds, paired_difference_ci,
+                                           summarize_seeds)
 
 TRUTH = 1.0
 
@@ -127,3 +128,19 @@ def test_summarize_seeds_keeps_a_share_inside_its_range_and_leaves_kid_unbounded
     assert metric_bounds("recall_domain_real") == (0.0, 1.0)
     assert metric_bounds("inception_score_domain_shots")[0] == 1.0
     assert metric_bounds("kid_domain") == (-math.inf, math.inf)
+
+
+def test_a_lift_is_a_paired_difference_inside_the_lifts_declared_range():
+    """``lift_ci`` (the lift over the untrained control read by the protocol, compare and the sweep's summary): the
+    paired difference with its interval intersected with ``lift_<metric>``'s declared range. Two classes with a
+    large spread expand past [-1, 1] (the 2-class digits sweep printed [-2.571, 2.471]); a lift of a share cannot."""
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    raw = paired_difference_ci(a, b)
+    assert raw.low < -1.0 and raw.high > 1.0  # the case the intersection is for
+    d = lift_ci(a, b, "class_hit")
+    assert (d.mean, d.low, d.high, d.separated) == (raw.mean, -1.0, 1.0, raw.separated)
+    assert metric_bounds("lift_class_hit") == (-1.0, 1.0)
+    shifted = lift_ci(np.full((3, 8), 0.9) + np.linspace(0, 0.05, 8), np.full((3, 8), 0.1), "class_hit")
+    assert shifted.separated and -1.0 <= shifted.low <= shifted.mean <= shifted.high <= 1.0
+    wide = lift_ci(np.array([50.0, 0.0]), np.array([0.0, 50.0]), "diversity")  # diversity's lift is unbounded
+    assert wide.low < -50.0 and wide.high > 50.0

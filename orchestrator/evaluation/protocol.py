@@ -541,8 +541,8 @@ def _placement(rec: _Record, seed: int) -> None:
     control's lift), and ``gap_closed_<m>`` = mean lift / mean augmented lift (the share of the way from the
     untrained to the augmented control the method goes: 0 = untrained, 1 = as far as classic augmentation; > 1
     beyond it). ``gap_closed`` is not computed when the augmented control's lift is not separated from 0 (its
-    paired interval over classes, ``stats.paired_difference_ci``, covers 0): a share of no gap means nothing."""
-    from orchestrator.evaluation.stats import paired_difference_ci
+    paired interval over classes, ``stats.lift_ci``, covers 0): a share of no gap means nothing."""
+    from orchestrator.evaluation.stats import lift_ci
 
     for base in PLACED:
         scratch = rec.per_class.get(f"{base}_scratch")
@@ -555,7 +555,7 @@ def _placement(rec: _Record, seed: int) -> None:
         name = f"gap_closed_{base}"
         if f"{base}_augmented" not in rec.per_class or scratch is None or f"{base}" not in rec.per_class:
             continue
-        aug = paired_difference_ci(np.asarray([rec.per_class[f"{base}_augmented"]]), np.asarray([scratch]), seed=seed)
+        aug = lift_ci(np.asarray([rec.per_class[f"{base}_augmented"]]), np.asarray([scratch]), base, seed=seed)
         if not aug.separated:
             rec.fail(name, f"the augmented control's {base} is not separated from the untrained control's "
                            f"(lift {aug.mean:.3g} [{aug.low:.3g}, {aug.high:.3g}])")

@@ -48,7 +48,7 @@ import numpy as np
 
 from orchestrator.evaluation import registry
 
-__all__ = ["CI", "PairedCI", "bootstrap_ci", "metric_bounds", "paired_difference_ci", "summarize_seeds"]
+__all__ = ["CI", "PairedCI", "bootstrap_ci", "lift_ci", "metric_bounds", "paired_difference_ci", "summarize_seeds"]
 
 
 def metric_bounds(name: str) -> tuple[float, float]:
@@ -234,6 +234,26 @@ def paired_difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95, n_bo
     ci = bootstrap_ci(a - b, level=level, n_boot=n_boot, seed=seed, expand=expand, design=design)
     separated = bool(ci.n_cells > 1 and (ci.low > 0.0 or ci.high < 0.0))  # False for NaN
     return PairedCI(ci.mean, ci.low, ci.high, separated, **dict(ci.__dict__))
+
+
+def lift_ci(values: np.ndarray, scratch: np.ndarray, metric: str, level: float = 0.95, n_boot: int = 2000,
+            seed: int = 0) -> PairedCI:
+    """The lift of ``metric`` over the untrained control: the paired difference ``values - scratch`` with its
+    interval intersected with the declared range of ``lift_<metric>`` (``metric_bounds``: a lift of a share lies in
+    [-1, 1], which the small-sample expansion of few classes can reach past, e.g. [-2.571, 2.471] on 2 classes).
+
+    Args: ``values``: ``metric`` of the method (or of the augmented control: its own lift), ``scratch``:
+      ``<metric>_scratch``, both float arrays [n_seeds, n_classes] (or one seed's [n_classes]) on the same seeds and
+      classes; ``metric``: the base name (``class_hit``, ``diversity``, ``memorized_share``); ``level``, ``n_boot``,
+      ``seed``: as :func:`bootstrap_ci`.
+    Returns: :class:`PairedCI`; ``separated`` is judged on the interval before the intersection (0 lies in every
+      lift's range, so the intersection never changes it). The one definition of a lift that the protocol's
+      placement, ``compare`` and the sweep's summary read. Raises: as :func:`paired_difference_ci`.
+    """
+    d = paired_difference_ci(values, scratch, level=level, n_boot=n_boot, seed=seed)
+    lo, hi = metric_bounds(f"lift_{metric}")
+    low, high = (float(v) for v in np.clip([d.low, d.high], lo, hi))  # NaN stays NaN
+    return PairedCI(d.mean, low, high, d.separated, **dict(d.__dict__))
 
 
 def summarize_seeds(evaluations: list[dict[str, Any]], level: float = 0.95) -> dict[str, float]:
