@@ -10,7 +10,8 @@ is not a result. Two more kinds of run are left out of the ranking, each counted
 - an ``evaluate`` re-run (tag ``evaluates``): picking the best of several eval seeds of one model
   would select on evaluation noise.
 
-Runs are ranked by a validation metric by default (``val_fid_domain``): choosing the "best" run
+Runs are ranked by a validation metric by default (``val_fid_domain``; a sweep's children by the metric the sweep
+ranked them by, ``default_metric``): choosing the "best" run
 by its novel-class score would select on the test classes. A ``val_*`` metric's value is its best
 over the run's history (what checkpoint selection used), not its last; the table then shows the
 chosen run's novel-class metrics.
@@ -63,15 +64,30 @@ from orchestrator.evaluation import registry
 TABLE_METRICS = registry.table_columns()
 
 
+# The ranking metric of an experiment's runs when --metric is not given. A sweep's children are ranked by the metric the
+# sweep itself ranked them by (default_metric), never by a second default that could disagree with the sweep's.
+DEFAULT_METRIC = "val_fid_domain"
+
+
+def default_metric(client, parent_id: str | None) -> str:
+    """The ranking metric when ``--metric`` is not given: for a sweep's parent run, the metric the sweep ranked its
+    trials by (its ``sweep.metric`` param: the search space's metric, which also selected each trial's checkpoint);
+    otherwise (an experiment, or a parent without that param) :data:`DEFAULT_METRIC`."""
+    if parent_id:
+        return client.get_run(parent_id).data.params.get("sweep.metric") or DEFAULT_METRIC
+    return DEFAULT_METRIC
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--experiment", default=None,
                      help="MLflow experiment whose runs are compared (default: fewshot-generation)")
     src.add_argument("--parent", metavar="RUN_ID", default=None,
                      help="a sweep's parent run: compare its child runs and log the plot to it")
-    p.add_argument("--metric", default="val_fid_domain",
-                   help="metric that picks the best run (default val_fid_domain: validation classes, best "
-                        "value of each run's history; a novel-class metric such as fid_domain selects on test classes)")
+    p.add_argument("--metric", default=None,
+                   help="metric that picks the best run (default: with --parent, the metric the sweep ranked its trials "
+                        f"by, its sweep.metric param; otherwise {DEFAULT_METRIC}: validation classes, best value of each "
+                        "run's history; a novel-class metric such as fid_domain selects on test classes)")
     p.add_argument("--mode", choices=("min", "max"), default=None,
                    help="whether lower or higher --metric is better (default: its declared direction, "
                         "evaluation/registry.py: fid/kid/mse min, class_hit/ssim/accuracy/recall max)")
@@ -627,10 +643,9 @@ def _plot(series: dict[str, list[float]], best: dict[str, int], metric: str, mod
 
 def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     """Rank, print, plot; log the plot to the parent run when comparing a sweep."""
-    metric = args.metric
-    mode = args.mode or metric_mode(metric)
-    if mode is None:
-        raise UserError(f"--metric {metric}: cannot tell whether lower or higher is better; add --mode min or --mode max")
+    if args.metric is not None and (args.mode or metric_mode(args.metric)) is None:  # before reading the store
+        raise UserError(f"--metric {args.metric}: cannot tell whether lower or higher is better; add --mode min or "
+                        f"--mode max")
     _check_store(uri)
     _PER_CLASS_FILES.clear()  # read each run's per-class file once per invocation, never a stale copy
     from orchestrator import tracking
@@ -640,9 +655,11 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     client = tracking.client(uri)
     try:
         runs, source, parent_id = _collect(client, uri, args)
+        metric = args.metric or default_metric(client, parent_id)
     except MlflowException as err:  # e.g. a tracking server that is down or refuses the request
         raise UserError(f"cannot read MLflow at {uri} ({str(err).splitlines()[0][:200]}): check --tracking-uri "
                         f"and that the server is up (mlflow server / the tunnel in docs/scale_out.md)") from None
+    mode = args.mode or metric_mode(metric)  # a default metric always has a declared direction
     if not runs:
         raise UserError(f"{source} has no runs yet: train or sweep into it first (train --experiment NAME), or "
                         f"pass --experiment with an experiment that holds runs")

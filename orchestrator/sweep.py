@@ -333,8 +333,9 @@ def _print_compare(uri: str, summary: dict[str, Any]) -> None:
     p = argparse.ArgumentParser()
     compare.add_arguments(p)
     with tempfile.TemporaryDirectory() as tmp:
-        cargs = p.parse_args(["--parent", summary["parent_run_id"], "--metric", summary["metric"],
-                              "--mode", summary["mode"], "--out", str(Path(tmp, "compare.png"))])
+        # No --metric: compare ranks a sweep's children by the metric the sweep ranked by (compare.default_metric),
+        # as a user's own `compare --parent` does.
+        cargs = p.parse_args(["--parent", summary["parent_run_id"], "--out", str(Path(tmp, "compare.png"))])
         try:
             compare.run(cargs, uri)
         except UserError as err:
