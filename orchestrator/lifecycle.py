@@ -289,22 +289,17 @@ def log_data_input(uri: str, run_id: str, prep: Prepared, context: str) -> None:
 
 def data_digest(prep: Prepared, part: str) -> tuple[str, Any]:
     """The content digest of one split part (``"base"``, ``"val"`` or ``"novel"``) of the loaded data, as
-    ``log_data_input`` records it: the first 16 hex digits of sha256 over the dataset name, the part's class names,
-    its images (uint8 as loaded at the run's image size and channels) and labels; and the part's image indices
-    (int64 numpy array).
-    The images are already in memory: nothing is read again."""
-    import hashlib
-    import json
-
+    ``log_data_input`` records it: the first 16 hex digits of ``comparability.data_digest`` over the part's classes
+    (the dataset name, their class names, labels and uint8 images as loaded at the run's image size and channels);
+    and the part's image indices (int64 numpy array). The images are already in memory: nothing is read again."""
     import numpy as np
+
+    from orchestrator.evaluation.comparability import data_digest as content_digest
 
     ds, split = prep.ds, prep.split
     classes = [int(c) for c in getattr(split, part)]
     idx = np.concatenate([ds.class_indices(c) for c in classes]) if classes else np.zeros(0, dtype=np.int64)
-    h = hashlib.sha256(json.dumps([prep.cfg["dataset"], [split.class_names[c] for c in classes]]).encode())
-    h.update(ds.images[torch.as_tensor(idx, dtype=torch.long)].numpy().tobytes())
-    h.update(np.asarray(ds.labels[idx], dtype=np.int64).tobytes())
-    return h.hexdigest()[:16], idx
+    return content_digest(ds, classes)[:16], idx
 
 
 def check_same_data(uri: str, run_id: str, prep: Prepared, flag: str = "--data-root") -> int:

@@ -164,3 +164,31 @@ def test_a_methods_own_adaptation_steps_do_not_split_groups():
     assert differing_keys(a, {**a, "adapt_steps": "50"}) == []
     assert differing_keys(a, {**a, "shots": "1"}) == ["shots"]
     assert compare._cmp_key(a) == compare._cmp_key({**a, "adapt_steps": "50"})
+
+
+def test_one_content_digest_for_the_record_and_the_moved_data_check():
+    """``comparability.data_digest`` is the harness's one content digest: the whole dataset's is ``cmp.data_digest``
+    (unchanged: name, class names, labels, images, in that order), and a split part's first 16 hex digits are what
+    ``log_data_input`` records and ``evaluate --data-root`` checks a moved dataset against."""
+    import hashlib
+
+    import numpy as np
+
+    from orchestrator import config as config_mod
+    from orchestrator import lifecycle
+    from orchestrator.evaluation.comparability import data_digest
+    from orchestrator.kinds import method_class
+
+    cls = method_class("figr")
+    prep = lifecycle.prepare("figr", lifecycle.finish_config(config_mod.resolve(
+        cls.default_config, {"steps": 1}, [], cls.harness_defaults)), quiet=True)
+    ds = prep.ds
+    h = hashlib.sha256(json.dumps([str(ds.name), list(map(str, ds.class_names))]).encode())
+    h.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
+    h.update(ds.images.contiguous().numpy().tobytes())
+    assert data_digest(ds) == h.hexdigest()  # the recorded cmp.data_digest of earlier runs still matches
+    for part in ("base", "novel"):
+        digest, idx = lifecycle.data_digest(prep, part)
+        assert digest == data_digest(ds, list(getattr(prep.split, part)))[:16]
+        assert len(idx) == sum(len(ds.class_indices(c)) for c in getattr(prep.split, part))
+    assert lifecycle.data_digest(prep, "base")[0] != lifecycle.data_digest(prep, "novel")[0]

@@ -38,24 +38,35 @@ def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def data_digest(ds: Any) -> str:
-    """sha256 (hex) of a loaded dataset's content: its name, class names, labels and uint8 images as loaded.
+def data_digest(ds: Any, classes: list[int] | None = None) -> str:
+    """sha256 (hex) of a loaded dataset's content: its name, class names, labels and uint8 images as loaded; the one
+    content digest of the harness (``cmp.data_digest`` over the whole dataset; ``lifecycle.log_data_input`` over one
+    split part, what ``evaluate --data-root`` checks a moved dataset against).
 
-    ``ds``: an ``orchestrator.data`` dataset (``images`` uint8 [N, C, H, W], ``labels`` [N], ``class_names``).
-    The images are hashed at the loaded size, so the same files at another ``--image-size`` give another digest
-    (as they give other numbers). Cached on the dataset object (the images are immutable once loaded)."""
-    cached = getattr(ds, "_cmp_data_digest", None)
-    if cached is not None:
-        return cached
-    h = hashlib.sha256(json.dumps([str(ds.name), list(map(str, ds.class_names))]).encode())
-    h.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
-    images = ds.images
+    ``ds``: an ``orchestrator.data`` dataset (``images`` uint8 [N, C, H, W], ``labels`` [N], ``class_names``,
+    ``class_indices(c)``). ``classes``: digest only these classes' images (in this order; their names in place of
+    all class names); None: the whole dataset. The images are hashed at the loaded size, so the same files at another
+    ``--image-size`` give another digest (as they give other numbers). The whole dataset's digest is cached on the
+    dataset object (the images are immutable once loaded)."""
+    if classes is None:
+        cached = getattr(ds, "_cmp_data_digest", None)
+        if cached is not None:
+            return cached
+        names, labels, images = list(map(str, ds.class_names)), ds.labels, ds.images
+    else:
+        idx = (np.concatenate([np.asarray(ds.class_indices(int(c)), dtype=np.int64) for c in classes]) if classes
+               else np.zeros(0, dtype=np.int64))
+        names = [str(ds.class_names[int(c)]) for c in classes]
+        labels, images = np.asarray(ds.labels)[idx], ds.images[idx]
+    h = hashlib.sha256(json.dumps([str(ds.name), names]).encode())
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update(images.contiguous().numpy().tobytes() if hasattr(images, "numpy") else np.asarray(images).tobytes())
     digest = h.hexdigest()
-    try:
-        ds._cmp_data_digest = digest
-    except AttributeError:  # a dataset class with __slots__: recompute next time
-        pass
+    if classes is None:
+        try:
+            ds._cmp_data_digest = digest
+        except AttributeError:  # a dataset class with __slots__: recompute next time
+            pass
     return digest
 
 
