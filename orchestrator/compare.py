@@ -486,9 +486,11 @@ def placement(uri: str, unit: _Unit) -> dict[str, dict[str, Any]]:
     """The unit placed between its controls, for each metric of ``protocol.PLACED`` that it recorded with controls:
     ``{metric: {"lift": paired difference metric - metric_scratch (``paired_difference``'s dict: difference,
     ci_low, ci_high, separated, note), "augmented_lift": the same for metric_augmented - metric_scratch,
-    "gap_closed": lift / augmented lift (None when the augmented lift is not separated from 0 or missing)}}``.
+    "gap_closed": lift / augmented lift (``stats.gap_closed``; None when there is no gap: the augmented lift is
+    missing, not separated from 0, ~0 or on the worse side of 0)}}``.
     Paired over the unit's (seed, eval_seed) cells and classes, from its ``per_class_<figure>.json`` files."""
     from orchestrator.evaluation.protocol import PLACED
+    from orchestrator.evaluation.stats import gap_closed
 
     out: dict[str, dict[str, Any]] = {}
     for base in PLACED:
@@ -502,10 +504,12 @@ def placement(uri: str, unit: _Unit) -> dict[str, dict[str, Any]]:
         augmented = _seed_cells(uri, unit, f"{base}_augmented")
         aug = (None if all(math.isnan(c["headline"]) for c in augmented.values())
                else _paired(augmented, scratch, {**blank, "metric": f"{base}_augmented - {base}_scratch"}, lift_of=base))
-        gap = None
-        if aug is not None and aug["separated"] and lift["difference"] is not None and aug["difference"]:
-            gap = lift["difference"] / aug["difference"]
-        out[base] = {"lift": lift, "augmented_lift": aug, "gap_closed": gap}
+        gap, why = None, None
+        if aug is not None:  # stats.gap_closed: None (missing) where there is no gap to share, with the reason
+            share, why = gap_closed(lift["difference"], (aug["difference"], aug["ci_low"], aug["ci_high"],
+                                                         aug["separated"]), base)
+            gap = None if math.isnan(share) else share
+        out[base] = {"lift": lift, "augmented_lift": aug, "gap_closed": gap, "gap_note": why}
     return out
 
 
@@ -519,7 +523,7 @@ def _fmt_placement(label: str, place: dict[str, dict[str, Any]]) -> str:
         if aug is None:
             text += "  (no augmented control recorded)"
         elif p["gap_closed"] is None:
-            text += f"  augmented control {_fmt(aug['difference'])}, not separated from 0: no gap share"
+            text += f"  no gap share: {p.get('gap_note') or 'augmented control not separated from 0'}"
         else:
             text += f"  gap closed {_fmt(p['gap_closed'])} (augmented control {_fmt(aug['difference'])})"
         parts.append(f"    {text}")

@@ -540,9 +540,10 @@ def _placement(rec: _Record, seed: int) -> None:
     untrained control, paired by class), ``lift_<m>_augmented`` = m_augmented - m_scratch per class (the positive
     control's lift), and ``gap_closed_<m>`` = mean lift / mean augmented lift (the share of the way from the
     untrained to the augmented control the method goes: 0 = untrained, 1 = as far as classic augmentation; > 1
-    beyond it). ``gap_closed`` is not computed when the augmented control's lift is not separated from 0 (its
-    paired interval over classes, ``stats.lift_ci``, covers 0): a share of no gap means nothing."""
-    from orchestrator.evaluation.stats import lift_ci
+    beyond it), by ``stats.gap_closed``: not computed (NaN, recorded as missing) when the augmented control's lift
+    is not separated from 0 (its paired interval over classes, ``stats.lift_ci``, covers 0), is ~0, or is on the
+    worse side of 0 (``class_hit``: augmented <= untrained): a share of no gap means nothing."""
+    from orchestrator.evaluation.stats import gap_closed, lift_ci
 
     for base in PLACED:
         scratch = rec.per_class.get(f"{base}_scratch")
@@ -556,11 +557,11 @@ def _placement(rec: _Record, seed: int) -> None:
         if f"{base}_augmented" not in rec.per_class or scratch is None or f"{base}" not in rec.per_class:
             continue
         aug = lift_ci(np.asarray([rec.per_class[f"{base}_augmented"]]), np.asarray([scratch]), base, seed=seed)
-        if not aug.separated:
-            rec.fail(name, f"the augmented control's {base} is not separated from the untrained control's "
-                           f"(lift {aug.mean:.3g} [{aug.low:.3g}, {aug.high:.3g}])")
+        share, why = gap_closed(rec.m.get(f"lift_{base}"), aug, base)
+        if why is not None:
+            rec.fail(name, why)
             continue
-        rec.put(name, lambda: rec.m[f"lift_{base}"] / rec.m[f"lift_{base}_augmented"])
+        rec.put(name, lambda share=share: share)
 
 
 def _safe_list(fn: Callable[[], list[float]], n: int) -> list[float]:
