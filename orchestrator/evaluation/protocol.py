@@ -90,19 +90,25 @@ ADAPT_CHUNK = 16  # classes per ``adapt_many`` call: a method may adapt them as 
 
 def _generate_many(model: Any, shots: list[torch.Tensor], classes: list[int], seed: int, n: int, steps: int | None,
                    shape: tuple[int, ...]) -> list[torch.Tensor]:
-    """``_generate`` for several classes through the ``adapt_many`` hook (the same seeds; methods/base.py).
+    """``generate_class`` for several classes through the ``adapt_many`` hook (the same seeds; methods/base.py).
 
     A model that is not a ``methods.base.Method`` (no ``adapt_many``) adapts class by class."""
     if not hasattr(model, "adapt_many"):
-        return [_generate(model, s, c, seed, n, steps, shape) for s, c in zip(shots, classes)]
+        return [generate_class(model, s, c, seed, n, steps, shape) for s, c in zip(shots, classes)]
     device = getattr(model, "device", None)
     xs = [s.to(device) if device is not None else s for s in shots]
     samplers = model.adapt_many(xs, [_derived_seed(seed, c, 1) for c in classes], steps)
     return [_sample(sampler, c, seed, n, shape, model) for sampler, c in zip(samplers, classes)]
 
 
-def _generate(model: Any, shots: torch.Tensor, c: int, seed: int, n: int, steps: int | None,
-              shape: tuple[int, ...]) -> torch.Tensor:
+def generate_class(model: Any, shots: torch.Tensor, c: int, seed: int, n: int, steps: int | None,
+                   shape: tuple[int, ...]) -> torch.Tensor:
+    """The ``n`` images the protocol makes for class ``c`` from ``shots``: ``model.adapt`` (``steps``: None = the
+    method's own count, 0 = unadapted) then ``sample``, seeded from (eval ``seed``, class, purpose) exactly as the
+    evaluation seeds them, so a figure or script shows the very images that were scored.
+
+    ``shots``: float32 [k, C, H, W] in [-1, 1]; ``shape``: (C, H, W) the samples must have. Returns float32 CPU
+    [n, C, H, W] in [-1, 1]. Raises ValueError when the sampler returns another shape."""
     device = getattr(model, "device", None)
     x = shots.to(device) if device is not None else shots
     return _sample(model.adapt(x, seed=_derived_seed(seed, c, 1), steps=steps), c, seed, n, shape, model)
@@ -408,7 +414,7 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
             kept[c] = fake
         if controls:
             pixel_scores("mse", fake, real_imgs)
-            unadapted = _generate(method, shot_imgs, c, seed, n_generate, 0, shape)
+            unadapted = generate_class(method, shot_imgs, c, seed, n_generate, 0, shape)
             count_bad("_unadapted", unadapted)
             gen_feats["_unadapted"][c] = features(unadapted)
             lp("_unadapted", c, unadapted)
