@@ -535,15 +535,23 @@ def _unit_record(unit: _Unit) -> dict[str, str] | None:
     from orchestrator.evaluation.comparability import from_tags
 
     record = from_tags(unit.run.data.tags)
-    if record is None and unit.replicate and unit.members:
-        record = from_tags(unit.members[0].data.tags)
+    if record is None and unit.replicate and unit.members:  # a parent recorded before it carried its seeds' record
+        from orchestrator.evaluation.comparability import combined
+
+        record = combined([from_tags(m.data.tags) for m in unit.members])
     return record
 
 
-def _cmp_key(record: dict[str, str] | None) -> tuple | None:
-    from orchestrator.evaluation.comparability import grouping
+def _cmp_key(record: dict[str, str] | None, run_id: str) -> tuple | None:
+    """The unit's comparability group: its record's grouping keys; a record with an unknown key (missing or mixed:
+    ``comparability.complete``) is comparable with nothing, so its run is a group of its own."""
+    from orchestrator.evaluation.comparability import complete, grouping
 
-    return None if record is None else tuple(sorted(grouping(record).items()))
+    if record is None:
+        return None
+    if not complete(record):
+        return ("incomplete", run_id)
+    return tuple(sorted(grouping(record).items()))
 
 
 def _short(v: str | None) -> str:
@@ -685,12 +693,13 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     for u in kept:
         r = u.run
         record = _unit_record(u)
-        cmp_key = _cmp_key(record)
+        cmp_key = _cmp_key(record, r.info.run_id)
         records[cmp_key] = record
         key = (cmp_key, variant_label(r.data.tags.get("method", "-"), r.data.params), r.data.tags.get("dataset", "-"))
         groups.setdefault(key, []).append(u)
     # number the comparability groups in order of first appearance (oldest run first)
-    group_no = {k: i + 1 for i, k in enumerate(dict.fromkeys(_cmp_key(_unit_record(u)) for u in kept))}
+    group_no = {k: i + 1 for i, k in enumerate(dict.fromkeys(_cmp_key(_unit_record(u), u.run.info.run_id)
+                                                              for u in kept))}
     pick = min if mode == "min" else max
     rows = _Rows()
     units: list[_Unit] = []

@@ -192,3 +192,47 @@ def test_one_content_digest_for_the_record_and_the_moved_data_check():
         assert digest == data_digest(ds, list(getattr(prep.split, part)))[:16]
         assert len(idx) == sum(len(ds.class_indices(c)) for c in getattr(prep.split, part))
     assert lifecycle.data_digest(prep, "base")[0] != lifecycle.data_digest(prep, "novel")[0]
+
+
+def _record(**change) -> dict:
+    return {**{k: f"v-{k}" for k in KEYS}, **change}
+
+
+def test_a_key_missing_on_both_sides_is_unknown_not_equal():
+    from orchestrator.evaluation.comparability import complete
+
+    a, b = _record(), _record()
+    assert differing_keys(a, b) == [] and complete(a)
+    del a["features_sha256"], b["features_sha256"]  # e.g. two records that never said which feature network
+    assert differing_keys(a, b) == ["features_sha256"] and not complete(a)
+    assert differing_keys(_record(data_digest="mixed:x,y"), _record(data_digest="mixed:x,y")) == ["data_digest"]
+    assert differing_keys(_record(adapt_steps="1"), _record(adapt_steps="50")) == []  # a method's own budget
+    assert differing_keys(None, None) == [] and differing_keys(None, _record()) == ["record"]  # unchanged
+
+
+def test_a_replicate_parent_marks_the_keys_its_seeds_disagree_on(tmp_path):
+    """Seeds measured differently (here: another data digest) give the replicate parent ``mixed:...`` on that key
+    and a ``cmp_mixed`` tag naming it, instead of dropping the key; it is then comparable with nothing on it,
+    its own seeds included, and compare puts it in a group of its own."""
+    from orchestrator.compare import _cmp_key
+    from orchestrator.evaluation.comparability import as_tags, combined
+    from orchestrator.replicates import _copy_comparability
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    kids = []
+    for i, digest in enumerate(("aaa", "bbb")):
+        rid = tracking.start_run(uri, "reps", f"seed{i}", {"seed": i}, as_tags(_record(data_digest=digest)))
+        tracking.end_run(uri, rid)
+        kids.append(tracking.get_run(uri, rid))
+    parent = tracking.start_run(uri, "reps", "parent", {}, {"replicate_role": "parent"})
+    _copy_comparability(uri, parent, kids)
+    tags = tracking.get_run(uri, parent).data.tags
+    assert tags["cmp.data_digest"] == "mixed:aaa,bbb" and tags["cmp_mixed"] == "data_digest"
+    assert tags["cmp.split_seed"] == "v-split_seed"  # agreed keys are carried as they are
+    record = from_tags(tags)
+    assert tracking.load_json_artifact(uri, parent, "comparability.json") == record
+    assert differing_keys(record, from_tags(kids[0].data.tags)) == ["data_digest"]
+    assert _cmp_key(record, parent) == ("incomplete", parent) != _cmp_key(record, "another run")
+    # agreeing seeds: the parent's record is theirs, whole
+    assert combined([_record(), _record()]) == _record()
+    assert combined([_record(), None]) is None

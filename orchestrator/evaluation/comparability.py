@@ -29,6 +29,38 @@ ARTIFACT = "comparability.json"
 METHOD_KEYS = ("adapt_steps",)
 
 
+# The value of a key on which the evaluations a summary holds disagree (a replicate parent's seeds: combined()).
+MIXED_PREFIX = "mixed:"
+
+
+def known(value: str | None) -> bool:
+    """Whether a record's value says how the number was measured: not missing, not mixed. An unknown value is
+    never equal to anything, another unknown included (``differing_keys``)."""
+    return value is not None and not value.startswith(MIXED_PREFIX)
+
+
+def complete(record: dict[str, str] | None) -> bool:
+    """A record with a known value for every key of ``KEYS`` that groups (``METHOD_KEYS`` aside)."""
+    return record is not None and all(known(record.get(k)) for k in KEYS if k not in METHOD_KEYS)
+
+
+def combined(records: list[dict[str, str] | None]) -> dict[str, str] | None:
+    """The record of a summary over several evaluations (a replicate parent over its seed runs): each key's value
+    where all records agree, ``mixed:<v1>,<v2>...`` (the distinct values, sorted) where they disagree, missing where
+    any record lacks it. None when there is no record or any evaluation has none. A mixed or missing key makes the
+    summary comparable with nothing on that key (``differing_keys``), so it is marked, never dropped."""
+    if not records or any(r is None for r in records):
+        return None
+    out: dict[str, str] = {}
+    for key in dict.fromkeys(k for r in records for k in r):
+        values = [r.get(key) for r in records]
+        if any(v is None for v in values):
+            continue
+        distinct = sorted(set(values))
+        out[key] = distinct[0] if len(distinct) == 1 else MIXED_PREFIX + ",".join(distinct)
+    return out
+
+
 def grouping(record: dict[str, str] | None) -> dict[str, str] | None:
     """The part of a record that must be equal for two evaluations to be compared (``METHOD_KEYS`` dropped)."""
     return None if record is None else {k: v for k, v in record.items() if k not in METHOD_KEYS}
@@ -36,6 +68,11 @@ def grouping(record: dict[str, str] | None) -> dict[str, str] | None:
 
 def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def split_sha256(split: Any) -> str:
+    """sha256 (hex) of a ``data.Split``'s ``to_dict()`` (``cmp.split_sha256``)."""
+    return _sha256_json(split.to_dict())
 
 
 def data_digest(ds: Any, classes: list[int] | None = None) -> str:
@@ -111,7 +148,7 @@ def comparability_record(*, dataset: str, ds: Any, split: Any, features: Any, sh
         "dataset": str(dataset),
         "data_digest": data_digest(ds),
         "split_seed": str(int(split.seed)),
-        "split_sha256": _sha256_json(split.to_dict()),
+        "split_sha256": split_sha256(split),
         "image_size": str(h) if h == w else f"{h}x{w}",
         "channels": str(c),
         "features": str(getattr(features, "kind", None) or "none"),
@@ -138,10 +175,11 @@ def from_tags(tags: dict[str, str]) -> dict[str, str] | None:
 
 
 def differing_keys(a: dict[str, str] | None, b: dict[str, str] | None) -> list[str]:
-    """The keys on which two records differ (a missing record differs on ``"record"``), in ``KEYS`` order;
-    ``METHOD_KEYS`` are not compared."""
+    """The keys on which two records differ or cannot be said to agree (a missing record differs on ``"record"``),
+    in ``KEYS`` order; ``METHOD_KEYS`` are not compared. A key missing or mixed (:func:`known`) on either side is
+    unknown and counts as differing, missing on both sides included: nothing says the two were measured alike."""
     if a is None or b is None:
         return [] if a is None and b is None else ["record"]
     a, b = grouping(a), grouping(b)
-    keys = list(KEYS) + sorted((set(a) | set(b)) - set(KEYS))
-    return [k for k in keys if a.get(k) != b.get(k)]
+    keys = [k for k in KEYS if k not in METHOD_KEYS] + sorted((set(a) | set(b)) - set(KEYS))
+    return [k for k in keys if not (known(a.get(k)) and known(b.get(k))) or a.get(k) != b.get(k)]
