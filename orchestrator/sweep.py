@@ -954,8 +954,9 @@ def trial_point(uri: str, run_id: str, trial_id: str, space) -> dict[str, Any] |
     """One trial's objective values, read from its child run's metric histories, at its selected checkpoint.
 
     The step is the run's ``selected_step`` tag (its checkpoint, chosen on the primary objective), else the step
-    ``loop.select_step`` picks from the primary objective's history (best value, ties to the later step). Returns ``{"trial_id", "run_id", "step", "values": {objective: float}}``, or None
-    when any objective has no finite value at that step (an errored or unevaluated trial is not on any front).
+    ``loop.select_step`` picks from the primary objective's history (best value, ties to the later step).
+    Returns ``{"trial_id", "run_id", "step", "values": {objective: float}}``, or None when any objective has no
+    finite value at that step (an errored or unevaluated trial is not on any front).
     """
     from orchestrator import tracking
 
