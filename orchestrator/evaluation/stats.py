@@ -277,7 +277,7 @@ def gap_closed(lift: float | None, augmented: tuple, metric: str) -> tuple[float
     mean, low, high, separated = augmented
     if lift is None or mean is None or not math.isfinite(float(lift)) or not math.isfinite(float(mean)):
         return math.nan, "the lift or the augmented control's lift is unknown"
-    where = f"(lift {mean:.3g} [{low:.3g}, {high:.3g}])"
+    where = "(lift {:.3g} [{}, {}])".format(mean, *("n/a" if v is None else f"{v:.3g}" for v in (low, high)))
     if not separated:
         return math.nan, f"the augmented control's {metric} is not separated from the untrained control's {where}"
     if abs(mean) <= GAP_EPS:
