@@ -542,14 +542,15 @@ def _unit_record(unit: _Unit) -> dict[str, str] | None:
     return record
 
 
-def _cmp_key(record: dict[str, str] | None, run_id: str) -> tuple | None:
-    """The unit's comparability group: its record's grouping keys; a record with an unknown key (missing or mixed:
-    ``comparability.complete``) is comparable with nothing, so its run is a group of its own."""
+def _cmp_key(record: dict[str, str] | None, run_id: str | None = None) -> tuple | None:
+    """The unit's comparability group: its record's grouping keys; with ``run_id`` (as ``run`` groups), a record
+    with an unknown key (missing or mixed: ``comparability.complete``) is comparable with nothing, so that run is a
+    group of its own."""
     from orchestrator.evaluation.comparability import complete, grouping
 
     if record is None:
         return None
-    if not complete(record):
+    if run_id is not None and not complete(record):
         return ("incomplete", run_id)
     return tuple(sorted(grouping(record).items()))
 
@@ -560,12 +561,17 @@ def _short(v: str | None) -> str:
 
 def _check_comparable(a_id: str, b_id: str, a: _Unit, b: _Unit) -> None:
     """``--pair`` across comparability groups is refused (UserError naming the differing ``cmp.*`` keys)."""
-    from orchestrator.evaluation.comparability import differing_keys
+    from orchestrator.evaluation.comparability import differing_keys, unknown_keys
 
     ra, rb = _unit_record(a), _unit_record(b)
     keys = differing_keys(ra, rb)
-    if not keys:
+    unknown = [k for k in unknown_keys(ra, rb) if k not in keys]
+    if not keys and not unknown:
         return
+    if unknown and not keys:
+        raise UserError(f"--pair {a_id} {b_id}: not comparable, nothing says how they compare in "
+                        f"{', '.join(f'cmp.{k} ({_short(ra.get(k))} vs {_short(rb.get(k))})' for k in unknown)} "
+                        f"(missing or mixed over seeds): pair runs whose records hold those keys")
     if keys == ["record"]:
         which = a_id if ra is None else b_id
         raise UserError(f"--pair {a_id} {b_id}: not comparable: run {which} has no comparability record (recorded "
@@ -588,7 +594,11 @@ def _group_header(no: int, record: dict[str, str] | None, first: dict[str, str] 
                 f"{record.get('split_seed')}, image size {record.get('image_size')}, {record.get('features')} "
                 f"features {_short(record.get('features_sha256'))}, protocol {record.get('protocol')}/"
                 f"{record.get('protocol_variant')}")
-    diff = ", ".join(f"{k}={_short(record.get(k))}" for k in differing_keys(record, first))
+    from orchestrator.evaluation.comparability import unknown_keys
+
+    keys = differing_keys(record, first)
+    keys += [k for k in unknown_keys(record, first) if k not in keys]
+    diff = ", ".join(f"{k}={_short(record.get(k))}" for k in keys)
     return f"comparability group {no} ({n_rows} row(s)): differs from group 1 in {diff}; not ranked against it"
 
 

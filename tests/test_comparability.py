@@ -199,15 +199,15 @@ def _record(**change) -> dict:
 
 
 def test_a_key_missing_on_both_sides_is_unknown_not_equal():
-    from orchestrator.evaluation.comparability import complete
+    from orchestrator.evaluation.comparability import complete, unknown_keys
 
     a, b = _record(), _record()
-    assert differing_keys(a, b) == [] and complete(a)
+    assert differing_keys(a, b) == [] and unknown_keys(a, b) == [] and complete(a)
     del a["features_sha256"], b["features_sha256"]  # e.g. two records that never said which feature network
-    assert differing_keys(a, b) == ["features_sha256"] and not complete(a)
-    assert differing_keys(_record(data_digest="mixed:x,y"), _record(data_digest="mixed:x,y")) == ["data_digest"]
-    assert differing_keys(_record(adapt_steps="1"), _record(adapt_steps="50")) == []  # a method's own budget
-    assert differing_keys(None, None) == [] and differing_keys(None, _record()) == ["record"]  # unchanged
+    assert differing_keys(a, b) == [] and unknown_keys(a, b) == ["features_sha256"] and not complete(a)
+    assert unknown_keys(_record(data_digest="mixed:x,y"), _record(data_digest="mixed:x,y")) == ["data_digest"]
+    assert unknown_keys(_record(adapt_steps=None), _record()) == []  # a method's own budget is not compared
+    assert unknown_keys(None, _record()) == [] and differing_keys(None, _record()) == ["record"]  # unchanged
 
 
 def test_a_replicate_parent_marks_the_keys_its_seeds_disagree_on(tmp_path):
@@ -215,7 +215,7 @@ def test_a_replicate_parent_marks_the_keys_its_seeds_disagree_on(tmp_path):
     and a ``cmp_mixed`` tag naming it, instead of dropping the key; it is then comparable with nothing on it,
     its own seeds included, and compare puts it in a group of its own."""
     from orchestrator.compare import _cmp_key
-    from orchestrator.evaluation.comparability import as_tags, combined
+    from orchestrator.evaluation.comparability import as_tags, combined, unknown_keys
     from orchestrator.replicates import _copy_comparability
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -232,6 +232,7 @@ def test_a_replicate_parent_marks_the_keys_its_seeds_disagree_on(tmp_path):
     record = from_tags(tags)
     assert tracking.load_json_artifact(uri, parent, "comparability.json") == record
     assert differing_keys(record, from_tags(kids[0].data.tags)) == ["data_digest"]
+    assert unknown_keys(record, record) == ["data_digest"]  # not even comparable with itself on that key
     assert _cmp_key(record, parent) == ("incomplete", parent) != _cmp_key(record, "another run")
     # agreeing seeds: the parent's record is theirs, whole
     assert combined([_record(), _record()]) == _record()

@@ -35,7 +35,7 @@ MIXED_PREFIX = "mixed:"
 
 def known(value: str | None) -> bool:
     """Whether a record's value says how the number was measured: not missing, not mixed. An unknown value is
-    never equal to anything, another unknown included (``differing_keys``)."""
+    never equal to anything, another unknown included (:func:`unknown_keys`)."""
     return value is not None and not value.startswith(MIXED_PREFIX)
 
 
@@ -48,7 +48,7 @@ def combined(records: list[dict[str, str] | None]) -> dict[str, str] | None:
     """The record of a summary over several evaluations (a replicate parent over its seed runs): each key's value
     where all records agree, ``mixed:<v1>,<v2>...`` (the distinct values, sorted) where they disagree, missing where
     any record lacks it. None when there is no record or any evaluation has none. A mixed or missing key makes the
-    summary comparable with nothing on that key (``differing_keys``), so it is marked, never dropped."""
+    summary comparable with nothing on that key (:func:`unknown_keys`), so it is marked, never dropped."""
     if not records or any(r is None for r in records):
         return None
     out: dict[str, str] = {}
@@ -175,11 +175,23 @@ def from_tags(tags: dict[str, str]) -> dict[str, str] | None:
 
 
 def differing_keys(a: dict[str, str] | None, b: dict[str, str] | None) -> list[str]:
-    """The keys on which two records differ or cannot be said to agree (a missing record differs on ``"record"``),
-    in ``KEYS`` order; ``METHOD_KEYS`` are not compared. A key missing or mixed (:func:`known`) on either side is
-    unknown and counts as differing, missing on both sides included: nothing says the two were measured alike."""
+    """The keys on which two records differ (a missing record differs on ``"record"``), in ``KEYS`` order;
+    ``METHOD_KEYS`` are not compared. Values only: a key neither record holds is not listed here but by
+    :func:`unknown_keys`, and two records are comparable only when both lists are empty."""
     if a is None or b is None:
         return [] if a is None and b is None else ["record"]
     a, b = grouping(a), grouping(b)
+    keys = list(KEYS) + sorted((set(a) | set(b)) - set(KEYS))
+    return [k for k in keys if a.get(k) != b.get(k)]
+
+
+def unknown_keys(a: dict[str, str] | None, b: dict[str, str] | None) -> list[str]:
+    """The grouping keys (``KEYS`` less ``METHOD_KEYS``, and any other key either holds) whose value is unknown on
+    either side: missing or mixed (:func:`known`), missing on both sides included (nothing then says the two were
+    measured alike, so it is not "equal"). In ``KEYS`` order; [] when either record is None (``differing_keys``
+    says ``"record"``)."""
+    if a is None or b is None:
+        return []
+    a, b = grouping(a), grouping(b)
     keys = [k for k in KEYS if k not in METHOD_KEYS] + sorted((set(a) | set(b)) - set(KEYS))
-    return [k for k in keys if not (known(a.get(k)) and known(b.get(k))) or a.get(k) != b.get(k)]
+    return [k for k in keys if not (known(a.get(k)) and known(b.get(k)))]
