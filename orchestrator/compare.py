@@ -10,7 +10,8 @@ is not a result. Two more kinds of run are left out of the ranking, each counted
 - an ``evaluate`` re-run (tag ``evaluates``): picking the best of several eval seeds of one model
   would select on evaluation noise.
 
-Runs are ranked by a validation metric by default (``val_fid_domain``): choosing the "best" run
+Runs are ranked by a validation metric by default (``val_fid_domain``; a sweep's children by the metric the sweep
+ranked them by, ``default_metric``): choosing the "best" run
 by its novel-class score would select on the test classes. A ``val_*`` metric's value is its best
 over the run's history (what checkpoint selection used), not its last; the table then shows the
 chosen run's novel-class metrics.
@@ -63,15 +64,30 @@ from orchestrator.evaluation import registry
 TABLE_METRICS = registry.table_columns()
 
 
+# The ranking metric of an experiment's runs when --metric is not given. A sweep's children are ranked by the metric the
+# sweep itself ranked them by (default_metric), never by a second default that could disagree with the sweep's.
+DEFAULT_METRIC = "val_fid_domain"
+
+
+def default_metric(client, parent_id: str | None) -> str:
+    """The ranking metric when ``--metric`` is not given: for a sweep's parent run, the metric the sweep ranked its
+    trials by (its ``sweep.metric`` param: the search space's metric, which also selected each trial's checkpoint);
+    otherwise (an experiment, or a parent without that param) :data:`DEFAULT_METRIC`."""
+    if parent_id:
+        return client.get_run(parent_id).data.params.get("sweep.metric") or DEFAULT_METRIC
+    return DEFAULT_METRIC
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--experiment", default=None,
                      help="MLflow experiment whose runs are compared (default: fewshot-generation)")
     src.add_argument("--parent", metavar="RUN_ID", default=None,
                      help="a sweep's parent run: compare its child runs and log the plot to it")
-    p.add_argument("--metric", default="val_fid_domain",
-                   help="metric that picks the best run (default val_fid_domain: validation classes, best "
-                        "value of each run's history; a novel-class metric such as fid_domain selects on test classes)")
+    p.add_argument("--metric", default=None,
+                   help="metric that picks the best run (default: with --parent, the metric the sweep ranked its trials "
+                        f"by, its sweep.metric param; otherwise {DEFAULT_METRIC}: validation classes, best value of each "
+                        "run's history; a novel-class metric such as fid_domain selects on test classes)")
     p.add_argument("--mode", choices=("min", "max"), default=None,
                    help="whether lower or higher --metric is better (default: its declared direction, "
                         "evaluation/registry.py: fid/kid/mse min, class_hit/ssim/accuracy/recall max)")
@@ -423,11 +439,13 @@ def paired_difference(uri: str, a: _Unit, b: _Unit, metric: str) -> dict[str, An
     return _paired(_seed_cells(uri, a, metric), _seed_cells(uri, b, metric), out)
 
 
-def _paired(ca: dict, cb: dict, out: dict[str, Any]) -> dict[str, Any]:
-    """``paired_difference`` on the seed cells of the two sides (``_seed_cells``); fills and returns ``out``."""
+def _paired(ca: dict, cb: dict, out: dict[str, Any], lift_of: str | None = None) -> dict[str, Any]:
+    """``paired_difference`` on the seed cells of the two sides (``_seed_cells``); fills and returns ``out``.
+    ``lift_of``: the sides are ``<lift_of>`` (or its augmented control) and ``<lift_of>_scratch``, so the difference
+    is a lift (``stats.lift_ci``: its interval within the lift's declared range)."""
     import numpy as np
 
-    from orchestrator.evaluation.stats import paired_difference_ci
+    from orchestrator.evaluation.stats import lift_ci, paired_difference_ci
 
     metric = out["metric"]
     if set(ca) != set(cb):
@@ -450,7 +468,7 @@ def _paired(ca: dict, cb: dict, out: dict[str, Any]) -> dict[str, Any]:
     else:  # a pooled metric (FID, KID, accuracy): one value per seed, paired over seeds
         grid_a = np.array([[ca[k]["headline"]] for k in keys], dtype=np.float64)
         grid_b = np.array([[cb[k]["headline"]] for k in keys], dtype=np.float64)
-    d = paired_difference_ci(grid_a, grid_b)
+    d = lift_ci(grid_a, grid_b, lift_of) if lift_of else paired_difference_ci(grid_a, grid_b)
     out.update({"difference": _finite(d.mean), "ci_low": _finite(d.low), "ci_high": _finite(d.high),
                 "separated": bool(d.separated), "n_seeds": int(d.n_seeds), "n_classes": int(d.n_classes)})
     if d.n_cells <= 1:
@@ -468,9 +486,11 @@ def placement(uri: str, unit: _Unit) -> dict[str, dict[str, Any]]:
     """The unit placed between its controls, for each metric of ``protocol.PLACED`` that it recorded with controls:
     ``{metric: {"lift": paired difference metric - metric_scratch (``paired_difference``'s dict: difference,
     ci_low, ci_high, separated, note), "augmented_lift": the same for metric_augmented - metric_scratch,
-    "gap_closed": lift / augmented lift (None when the augmented lift is not separated from 0 or missing)}}``.
+    "gap_closed": lift / augmented lift (``stats.gap_closed``; None when there is no gap: the augmented lift is
+    missing, not separated from 0, ~0 or on the worse side of 0)}}``.
     Paired over the unit's (seed, eval_seed) cells and classes, from its ``per_class_<figure>.json`` files."""
     from orchestrator.evaluation.protocol import PLACED
+    from orchestrator.evaluation.stats import gap_closed
 
     out: dict[str, dict[str, Any]] = {}
     for base in PLACED:
@@ -480,27 +500,17 @@ def placement(uri: str, unit: _Unit) -> dict[str, dict[str, Any]]:
         mine = _seed_cells(uri, unit, base)
         blank = {"a": unit.run.info.run_id, "b": unit.run.info.run_id, "difference": None, "ci_low": None,
                  "ci_high": None, "separated": False, "n_seeds": 0, "n_classes": 0, "note": ""}
-        lift = _within_range(_paired(mine, scratch, {**blank, "metric": f"{base} - {base}_scratch"}), f"lift_{base}")
+        lift = _paired(mine, scratch, {**blank, "metric": f"{base} - {base}_scratch"}, lift_of=base)
         augmented = _seed_cells(uri, unit, f"{base}_augmented")
         aug = (None if all(math.isnan(c["headline"]) for c in augmented.values())
-               else _within_range(_paired(augmented, scratch, {**blank, "metric": f"{base}_augmented - {base}_scratch"}),
-                                  f"lift_{base}"))
-        gap = None
-        if aug is not None and aug["separated"] and lift["difference"] is not None and aug["difference"]:
-            gap = lift["difference"] / aug["difference"]
-        out[base] = {"lift": lift, "augmented_lift": aug, "gap_closed": gap}
+               else _paired(augmented, scratch, {**blank, "metric": f"{base}_augmented - {base}_scratch"}, lift_of=base))
+        gap, why = None, None
+        if aug is not None:  # stats.gap_closed: None (missing) where there is no gap to share, with the reason
+            share, why = gap_closed(lift["difference"], (aug["difference"], aug["ci_low"], aug["ci_high"],
+                                                         aug["separated"]), base)
+            gap = None if math.isnan(share) else share
+        out[base] = {"lift": lift, "augmented_lift": aug, "gap_closed": gap, "gap_note": why}
     return out
-
-
-def _within_range(d: dict[str, Any], metric: str) -> dict[str, Any]:
-    """``d``'s interval intersected with ``metric``'s declared range (a lift of a share lies in [-1, 1]: the
-    small-sample expansion of few classes must not print [-2.6, 2.5]), as ``stats.summarize_seeds`` does."""
-    from orchestrator.evaluation.stats import metric_bounds
-
-    lo, hi = metric_bounds(metric)
-    if d.get("ci_low") is not None:
-        d["ci_low"], d["ci_high"] = max(d["ci_low"], lo), min(d["ci_high"], hi)
-    return d
 
 
 def _fmt_placement(label: str, place: dict[str, dict[str, Any]]) -> str:
@@ -513,7 +523,7 @@ def _fmt_placement(label: str, place: dict[str, dict[str, Any]]) -> str:
         if aug is None:
             text += "  (no augmented control recorded)"
         elif p["gap_closed"] is None:
-            text += f"  augmented control {_fmt(aug['difference'])}, not separated from 0: no gap share"
+            text += f"  no gap share: {p.get('gap_note') or 'augmented control not separated from 0'}"
         else:
             text += f"  gap closed {_fmt(p['gap_closed'])} (augmented control {_fmt(aug['difference'])})"
         parts.append(f"    {text}")
@@ -525,15 +535,24 @@ def _unit_record(unit: _Unit) -> dict[str, str] | None:
     from orchestrator.evaluation.comparability import from_tags
 
     record = from_tags(unit.run.data.tags)
-    if record is None and unit.replicate and unit.members:
-        record = from_tags(unit.members[0].data.tags)
+    if record is None and unit.replicate and unit.members:  # a parent recorded before it carried its seeds' record
+        from orchestrator.evaluation.comparability import combined
+
+        record = combined([from_tags(m.data.tags) for m in unit.members])
     return record
 
 
-def _cmp_key(record: dict[str, str] | None) -> tuple | None:
-    from orchestrator.evaluation.comparability import grouping
+def _cmp_key(record: dict[str, str] | None, run_id: str | None = None) -> tuple | None:
+    """The unit's comparability group: its record's grouping keys; with ``run_id`` (as ``run`` groups), a record
+    with an unknown key (missing or mixed: ``comparability.complete``) is comparable with nothing, so that run is a
+    group of its own."""
+    from orchestrator.evaluation.comparability import complete, grouping
 
-    return None if record is None else tuple(sorted(grouping(record).items()))
+    if record is None:
+        return None
+    if run_id is not None and not complete(record):
+        return ("incomplete", run_id)
+    return tuple(sorted(grouping(record).items()))
 
 
 def _short(v: str | None) -> str:
@@ -542,12 +561,17 @@ def _short(v: str | None) -> str:
 
 def _check_comparable(a_id: str, b_id: str, a: _Unit, b: _Unit) -> None:
     """``--pair`` across comparability groups is refused (UserError naming the differing ``cmp.*`` keys)."""
-    from orchestrator.evaluation.comparability import differing_keys
+    from orchestrator.evaluation.comparability import differing_keys, unknown_keys
 
     ra, rb = _unit_record(a), _unit_record(b)
     keys = differing_keys(ra, rb)
-    if not keys:
+    unknown = [k for k in unknown_keys(ra, rb) if k not in keys]
+    if not keys and not unknown:
         return
+    if unknown and not keys:
+        raise UserError(f"--pair {a_id} {b_id}: not comparable, nothing says how they compare in "
+                        f"{', '.join(f'cmp.{k} ({_short(ra.get(k))} vs {_short(rb.get(k))})' for k in unknown)} "
+                        f"(missing or mixed over seeds): pair runs whose records hold those keys")
     if keys == ["record"]:
         which = a_id if ra is None else b_id
         raise UserError(f"--pair {a_id} {b_id}: not comparable: run {which} has no comparability record (recorded "
@@ -570,7 +594,11 @@ def _group_header(no: int, record: dict[str, str] | None, first: dict[str, str] 
                 f"{record.get('split_seed')}, image size {record.get('image_size')}, {record.get('features')} "
                 f"features {_short(record.get('features_sha256'))}, protocol {record.get('protocol')}/"
                 f"{record.get('protocol_variant')}")
-    diff = ", ".join(f"{k}={_short(record.get(k))}" for k in differing_keys(record, first))
+    from orchestrator.evaluation.comparability import unknown_keys
+
+    keys = differing_keys(record, first)
+    keys += [k for k in unknown_keys(record, first) if k not in keys]
+    diff = ", ".join(f"{k}={_short(record.get(k))}" for k in keys)
     return f"comparability group {no} ({n_rows} row(s)): differs from group 1 in {diff}; not ranked against it"
 
 
@@ -637,10 +665,9 @@ def _plot(series: dict[str, list[float]], best: dict[str, int], metric: str, mod
 
 def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     """Rank, print, plot; log the plot to the parent run when comparing a sweep."""
-    metric = args.metric
-    mode = args.mode or metric_mode(metric)
-    if mode is None:
-        raise UserError(f"--metric {metric}: cannot tell whether lower or higher is better; add --mode min or --mode max")
+    if args.metric is not None and (args.mode or metric_mode(args.metric)) is None:  # before reading the store
+        raise UserError(f"--metric {args.metric}: cannot tell whether lower or higher is better; add --mode min or "
+                        f"--mode max")
     _check_store(uri)
     _PER_CLASS_FILES.clear()  # read each run's per-class file once per invocation, never a stale copy
     from orchestrator import tracking
@@ -650,9 +677,11 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     client = tracking.client(uri)
     try:
         runs, source, parent_id = _collect(client, uri, args)
+        metric = args.metric or default_metric(client, parent_id)
     except MlflowException as err:  # e.g. a tracking server that is down or refuses the request
         raise UserError(f"cannot read MLflow at {uri} ({str(err).splitlines()[0][:200]}): check --tracking-uri "
                         f"and that the server is up (mlflow server / the tunnel in docs/scale_out.md)") from None
+    mode = args.mode or metric_mode(metric)  # a default metric always has a declared direction
     if not runs:
         raise UserError(f"{source} has no runs yet: train or sweep into it first (train --experiment NAME), or "
                         f"pass --experiment with an experiment that holds runs")
@@ -674,12 +703,13 @@ def run(args: argparse.Namespace, uri: str) -> dict[str, Any]:
     for u in kept:
         r = u.run
         record = _unit_record(u)
-        cmp_key = _cmp_key(record)
+        cmp_key = _cmp_key(record, r.info.run_id)
         records[cmp_key] = record
         key = (cmp_key, variant_label(r.data.tags.get("method", "-"), r.data.params), r.data.tags.get("dataset", "-"))
         groups.setdefault(key, []).append(u)
     # number the comparability groups in order of first appearance (oldest run first)
-    group_no = {k: i + 1 for i, k in enumerate(dict.fromkeys(_cmp_key(_unit_record(u)) for u in kept))}
+    group_no = {k: i + 1 for i, k in enumerate(dict.fromkeys(_cmp_key(_unit_record(u), u.run.info.run_id)
+                                                              for u in kept))}
     pick = min if mode == "min" else max
     rows = _Rows()
     units: list[_Unit] = []

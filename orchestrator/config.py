@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.data import registry as datasets
 from orchestrator.errors import UserError
 
 # Keys the harness owns (method keys come from ``Method.default_config``).
 HARNESS_DEFAULTS: dict[str, Any] = {
-    "dataset": "digits",
+    "dataset": datasets.DEFAULT,  # declared with the datasets (data/registry.py)
     "data_root": "",
     "image_size": 32,
     "channels": 1,

@@ -26,11 +26,30 @@ import torch
 
 from orchestrator import config as config_mod
 from orchestrator import tracking
-from orchestrator.checkpoints import load_checkpoint, save_checkpoint
+from orchestrator.checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from orchestrator.errors import UserError
 from orchestrator.kinds import Aids, Kind, build_method, higher_is_better, is_classifier, kind_of, log, method_class
 
 BUDGET_KEYS = ("steps", "budget_minutes")
+
+# A run's artifacts, named once here where they are logged; readers (evaluate, generate, the sweep) take the names
+# from these.
+CONFIG_ARTIFACT = "config.json"  # {"method", "config"}: the resolved config
+SPLIT_ARTIFACT = "split.json"  # the base / val / novel split (data.Split.to_dict)
+CHECKPOINT_ARTIFACT = f"checkpoint/{CHECKPOINT_FILE}"  # the selected checkpoint (log_model)
+
+
+def per_class_artifact(figure: str) -> str:
+    """``per_class_<figure stem>.json``: an evaluation's per-class values beside its figure ``figure``
+    (``novel_samples.png`` -> ``per_class_novel_samples.json``), written by :func:`record_evaluation`."""
+    return f"per_class_{Path(figure).stem}.json"
+
+
+def samples_artifact(figure: str) -> str:
+    """Where :func:`record_evaluation` logs an evaluation's figure: ``samples/<figure>``."""
+    from orchestrator.settings import SAMPLES_DIR
+
+    return f"{SAMPLES_DIR}/{figure}"
 
 
 @dataclass
@@ -243,8 +262,8 @@ def open_run(uri: str, experiment: str, name: str, prep: Prepared, tags: dict[st
         "method": prep.method, "dataset": cfg["dataset"], "split_seed": str(split.seed), "seed": str(cfg["seed"]),
         "eval_seed": str(cfg["eval_seed"]), "kind": prep.kind.name, "features": prep.aids.description,
         "command": command_line(), **prep.kind.tags(cfg, prep.aids), **tags}, parent_run_id=parent_run_id)
-    tracking.log_dict(uri, run_id, split.to_dict(), "split.json")
-    tracking.log_dict(uri, run_id, {"method": prep.method, "config": cfg}, "config.json")
+    tracking.log_dict(uri, run_id, split.to_dict(), SPLIT_ARTIFACT)
+    tracking.log_dict(uri, run_id, {"method": prep.method, "config": cfg}, CONFIG_ARTIFACT)
     tracking.describe_run(uri, run_id, lines=("not evaluated yet: this description is rewritten with the novel-class "
                                               "evaluation when the run has one",))
     return run_id
@@ -270,22 +289,17 @@ def log_data_input(uri: str, run_id: str, prep: Prepared, context: str) -> None:
 
 def data_digest(prep: Prepared, part: str) -> tuple[str, Any]:
     """The content digest of one split part (``"base"``, ``"val"`` or ``"novel"``) of the loaded data, as
-    ``log_data_input`` records it: the first 16 hex digits of sha256 over the dataset name, the part's class names,
-    its images (uint8 as loaded at the run's image size and channels) and labels; and the part's image indices
-    (int64 numpy array).
-    The images are already in memory: nothing is read again."""
-    import hashlib
-    import json
-
+    ``log_data_input`` records it: the first 16 hex digits of ``comparability.data_digest`` over the part's classes
+    (the dataset name, their class names, labels and uint8 images as loaded at the run's image size and channels);
+    and the part's image indices (int64 numpy array). The images are already in memory: nothing is read again."""
     import numpy as np
+
+    from orchestrator.evaluation.comparability import data_digest as content_digest
 
     ds, split = prep.ds, prep.split
     classes = [int(c) for c in getattr(split, part)]
     idx = np.concatenate([ds.class_indices(c) for c in classes]) if classes else np.zeros(0, dtype=np.int64)
-    h = hashlib.sha256(json.dumps([prep.cfg["dataset"], [split.class_names[c] for c in classes]]).encode())
-    h.update(ds.images[torch.as_tensor(idx, dtype=torch.long)].numpy().tobytes())
-    h.update(np.asarray(ds.labels[idx], dtype=np.int64).tobytes())
-    return h.hexdigest()[:16], idx
+    return content_digest(ds, classes)[:16], idx
 
 
 def check_same_data(uri: str, run_id: str, prep: Prepared, flag: str = "--data-root") -> int:
@@ -521,7 +535,7 @@ def evaluate_seeds_and_record(prep: Prepared, saved: dict[str, Any], *, uri: str
                                       metric_suffix=f"_seed{seed}", shot_indices=shot_indices)
         out.update({f"{k}_seed{seed}": v for k, v in metrics.items()})
         evaluations.append(tracking.load_json_artifact(
-            uri, run_id, f"per_class_{Path(prep.kind.figure).stem}_seed{seed}.json"))
+            uri, run_id, per_class_artifact(f"{Path(prep.kind.figure).stem}_seed{seed}.png")))
     summary = summarize_seeds(evaluations)
     record_comparability(uri, run_id, prep, n_generate=n_generate, shot_indices=shot_indices)
     log_metrics_once(uri, run_id, {k: v for k, v in summary.items() if v == v}, int(saved["step"]))  # v == v: not NaN
@@ -553,10 +567,10 @@ def record_evaluation(uri: str, run_id: str, result, step: int, name: str, metri
     tracking.log_dict(uri, run_id, {"step": step, "classes": [int(c) for c in getattr(result, "classes", [])],
                                     "per_class": getattr(result, "per_class", {}),
                                     "metrics": {k: float(v) for k, v in result.metrics.items() if v is not None}},
-                      f"per_class_{Path(name).stem}.json")
+                      per_class_artifact(name))
     with tempfile.TemporaryDirectory() as tmp:
         for path in save_result_images(result, tmp, name, suffix=f"_{Path(name).stem}"):
-            tracking.log_file(uri, run_id, path, "samples")
+            tracking.log_file(uri, run_id, path, str(Path(samples_artifact(name)).parent))
 
 
 def log_model(uri: str, run_id: str, saved: dict[str, Any], prep: Prepared | None = None) -> None:
@@ -565,13 +579,13 @@ def log_model(uri: str, run_id: str, saved: dict[str, Any], prep: Prepared | Non
     the method, config and classes are read from the run's ``config.json`` and ``split.json``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = save_checkpoint(saved["state"], int(saved["step"]), float(saved.get("elapsed_s", 0.0)), tmp)
-        tracking.log_file(uri, run_id, path, "checkpoint")
+        tracking.log_file(uri, run_id, path, str(Path(CHECKPOINT_ARTIFACT).parent))
     if prep is not None:
         method, cfg, num_classes = prep.method, prep.cfg, prep.ds.num_classes
     else:
-        recorded = tracking.load_json_artifact(uri, run_id, "config.json")
+        recorded = tracking.load_json_artifact(uri, run_id, CONFIG_ARTIFACT)
         method, cfg = recorded["method"], recorded["config"]
-        num_classes = len(tracking.load_json_artifact(uri, run_id, "split.json")["class_names"])
+        num_classes = len(tracking.load_json_artifact(uri, run_id, SPLIT_ARTIFACT)["class_names"])
     if not is_classifier(method):
         from orchestrator import mlflow_model
 
@@ -589,12 +603,12 @@ def load_run(uri: str, run_id: str, *, finished: bool = True, checkpoint: bool =
     if finished and run.info.status != "FINISHED":
         raise UserError(f"run {run_id} is {run.info.status}, not FINISHED: evaluate or generate from a finished run "
                         f"(a killed or failed train continues with python -m orchestrator train --resume {run_id})")
-    saved = tracking.load_json_artifact(uri, run_id, "config.json")
-    split_dict = tracking.load_json_artifact(uri, run_id, "split.json")
+    saved = tracking.load_json_artifact(uri, run_id, CONFIG_ARTIFACT)
+    split_dict = tracking.load_json_artifact(uri, run_id, SPLIT_ARTIFACT)
     if not checkpoint:
         return saved["method"], saved["config"], split_dict, None
     with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.download(uri, run_id, "checkpoint/model.pt", tmp)
+        path = tracking.download(uri, run_id, CHECKPOINT_ARTIFACT, tmp)
         state = load_checkpoint(path.parent)
     return saved["method"], saved["config"], split_dict, state
 

@@ -241,3 +241,12 @@ def select_evaluation(evaluations: list[tuple[Any, dict[str, Any]]], metric: str
         return None
     sign = 1.0 if higher_is_better(metric) else -1.0
     return max(scored, key=lambda cm: (sign * float(cm[1][metric]), float(cm[1].get("step", 0))))
+
+
+def select_step(history: dict[int, float], metric: str) -> int | None:
+    """The step whose checkpoint ``select_evaluation`` chooses from a metric history ``{step: value}`` (e.g. a run's
+    MLflow history of ``val_class_hit``): the best finite value by the metric's direction, ties to the later step.
+    None when no value is finite. The sweep reads a trial's selected checkpoint with it, so a sweep and a ``train``
+    run choose by one rule."""
+    chosen = select_evaluation([(int(s), {"step": int(s), metric: v}) for s, v in history.items()], metric)
+    return None if chosen is None else chosen[0]

@@ -154,6 +154,7 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
     (of the first seed; every seed's in ``lofgan.json``) and the comparability keys known here.
     """
     from orchestrator.evaluation import lofgan
+    from orchestrator.evaluation.comparability import data_digest, features_sha256, split_sha256
     from orchestrator.evaluation.stats import summarize_seeds
 
     v = lofgan.parse_variant(variant)
@@ -177,7 +178,10 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
             "cmp.image_size": str(cfg["image_size"]), "cmp.channels": str(cfg["channels"]),
             "cmp.features": features.kind, "cmp.shots": str(v.shots), "cmp.n_generate": str(v.fakes),
             "cmp.adapt_steps": "method" if adapt_steps is None else str(adapt_steps),
-            "cmp.eval_seeds": ",".join(map(str, seeds)) if v.seed is not None else "none"}
+            "cmp.eval_seeds": ",".join(map(str, seeds)) if v.seed is not None else "none",
+            # the digests too: a key missing from both of two records does not make them comparable
+            "cmp.data_digest": data_digest(ds), "cmp.split_sha256": split_sha256(split),
+            "cmp.features_sha256": features_sha256(features)}
     child = lifecycle.open_run(uri, experiment, f"evaluate-lofgan-{v.preset}", prep, tags, parent_run_id=run_id)
     try:
         results, out = [], {}

@@ -260,7 +260,7 @@ def pregenerate(*, dataset: str | None, data_root: str | None, biggan: str | Non
         image_size = int(image_size or resolution)
         channels = 1 if channels is None else int(channels)
         source = f"biggan:{Path(biggan).resolve()}"
-    ds = load_dataset(dataset or "digits", data_root or None, image_size=image_size, channels=channels)
+    ds = load_dataset(dataset or datasets.DEFAULT, data_root or None, image_size=image_size, channels=channels)
     split = make_split(ds, seed=split_seed)
     if from_run and sorted(run_split["novel"]) != sorted(split.novel):
         _log(f"warning: run {from_run} held out other novel classes than split seed {split_seed} does: its generator "

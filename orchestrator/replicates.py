@@ -33,17 +33,22 @@ def aggregate(children: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _copy_comparability(uri: str, parent: str, children: list) -> None:
-    """The parent's summary holds the children's metrics: it carries their comparability record (``cmp.*`` tags
-    and ``comparability.json``), the keys on which the children agree (all of them: one config, one evaluation
-    seed; a key they differ on is left out, so the parent never claims a comparability it lacks)."""
-    from orchestrator.evaluation.comparability import ARTIFACT, as_tags, from_tags
+    """The parent's summary holds the children's metrics: it carries their combined comparability record (``cmp.*``
+    tags and ``comparability.json``; ``comparability.combined``): a key the children disagree on is recorded as
+    ``mixed:...`` and named in the tag ``cmp_mixed``, so the parent never claims a comparability it lacks and is
+    never taken for comparable on that key (a dropped key would have compared equal to another record's missing
+    one). One config and one evaluation seed make the children agree on every key."""
+    from orchestrator.evaluation.comparability import ARTIFACT, MIXED_PREFIX, as_tags, combined, from_tags
 
-    records = [from_tags(k.data.tags) for k in children]
-    if not records or any(r is None for r in records):
+    record = combined([from_tags(k.data.tags) for k in children])
+    if record is None:
         return
-    shared = {key: v for key, v in records[0].items() if all(r.get(key) == v for r in records)}
-    tracking.set_tags(uri, parent, as_tags(shared))
-    tracking.log_dict(uri, parent, shared, ARTIFACT)
+    mixed = [k for k, v in record.items() if v.startswith(MIXED_PREFIX)]
+    tracking.set_tags(uri, parent, {**as_tags(record), **({"cmp_mixed": ",".join(mixed)} if mixed else {})})
+    tracking.log_dict(uri, parent, record, ARTIFACT)
+    if mixed:
+        log(f"replicate parent {parent}: its seeds were measured differently in {', '.join(mixed)} (recorded as "
+            f"mixed: compare pairs it with nothing on those keys)")
 
 
 def run_replicates(method: str, overrides: dict[str, Any], sets: list[str], *, n: int, scale: lifecycle.Scale,

@@ -66,6 +66,8 @@ from orchestrator.data import registry as datasets
 from orchestrator.errors import UserError
 
 DEFAULT_TRIALS = 4
+SWEEP_ARTIFACT = "sweep.json"  # on the parent run: what --resume continues (method, config, space, resources)
+PARETO_ARTIFACT = "pareto_front.json"  # on a multi-objective sweep's parent run
 SEARCHES = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
 DEFAULT_BUDGET_MINUTES = 1.0
@@ -269,8 +271,9 @@ def best_trial_summary(uri: str, summary: dict[str, Any]) -> str | None:
     (``class_hit_scratch``) and the augmented control (``class_hit_augmented``, "n/a" where the run has none),
     the paired lift over the untrained control with its 95% interval over the novel classes, a verdict, and
     the path of the trial's sample grid. None when the best trial has no ``class_hit`` (a classifier's sweep)."""
-    from orchestrator import tracking
-    from orchestrator.evaluation.stats import paired_difference_ci
+    from orchestrator import lifecycle, tracking
+    from orchestrator.evaluation.stats import lift_ci
+    from orchestrator.kinds import kind_of
 
     run_id = summary.get("best_run_id")
     if not run_id or run_id == "None":
@@ -279,21 +282,20 @@ def best_trial_summary(uri: str, summary: dict[str, Any]) -> str | None:
     m = run.data.metrics
     if "class_hit" not in m:
         return None
+    figure = kind_of(summary["method"]).figure  # the novel-class figure and its per-class file
 
     def f(key: str) -> str:
         return f"{m[key]:.3f}" if key in m and math.isfinite(m[key]) else "n/a"
 
     lift, verdict = "", "not above the untrained control at this budget"
     try:
-        per = tracking.load_json_artifact(uri, run_id, "per_class_novel_samples.json")["per_class"]
+        per = tracking.load_json_artifact(uri, run_id, lifecycle.per_class_artifact(figure))["per_class"]
         import numpy as np
 
         a = np.array(per["class_hit"], dtype=float)
         b = np.array(per["class_hit_scratch"], dtype=float)
-        d = paired_difference_ci(a, b)
-        # A difference of two shares lies in [-1, 1]: the small-sample expansion (few classes) can reach past it.
-        low, high = max(d.low, -1.0), min(d.high, 1.0)
-        lift = f"; lift over untrained {d.mean:+.3f} [{low:+.3f}, {high:+.3f}] over {a.size} novel classes"
+        d = lift_ci(a, b, "class_hit")
+        lift = f"; lift over untrained {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] over {a.size} novel classes"
         if d.separated and d.mean > 0:
             verdict = "above the untrained control (interval excludes 0)"
         elif d.mean > 0:
@@ -302,7 +304,7 @@ def best_trial_summary(uri: str, summary: dict[str, Any]) -> str | None:
         if "class_hit_scratch" in m and m["class_hit"] > m["class_hit_scratch"]:
             verdict = "above the untrained control on the point estimate only: not a result"
     artifacts = run.info.artifact_uri
-    grid = f"{artifacts.removeprefix('file://')}/samples/novel_samples.png"
+    grid = f"{artifacts.removeprefix('file://')}/{lifecycle.samples_artifact(figure)}"
     return (f"summary: best trial {summary.get('best_trial_id')} (run {run_id}, one seed): novel class_hit "
             f"{f('class_hit')} vs chance {f('chance')}, untrained control {f('class_hit_scratch')}, augmented "
             f"control {f('class_hit_augmented')}{lift}: {verdict}. Sample grid: {grid}")
@@ -335,8 +337,9 @@ def _print_compare(uri: str, summary: dict[str, Any]) -> None:
     p = argparse.ArgumentParser()
     compare.add_arguments(p)
     with tempfile.TemporaryDirectory() as tmp:
-        cargs = p.parse_args(["--parent", summary["parent_run_id"], "--metric", summary["metric"],
-                              "--mode", summary["mode"], "--out", str(Path(tmp, "compare.png"))])
+        # No --metric: compare ranks a sweep's children by the metric the sweep ranked by (compare.default_metric),
+        # as a user's own `compare --parent` does.
+        cargs = p.parse_args(["--parent", summary["parent_run_id"], "--out", str(Path(tmp, "compare.png"))])
         try:
             compare.run(cargs, uri)
         except UserError as err:
@@ -433,8 +436,8 @@ def _start(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         tracking.describe_run(uri, parent, title=f"**sweep {name}**: {trials} trials of {args.method} on {cfg['dataset']}, "
                                                  f"searching {', '.join(space.params)} ({_objectives_text(space)})")
         tracking.log_file(uri, parent, space_path, "search_space")
-        tracking.log_dict(uri, parent, sweep, "sweep.json")
-        tracking.log_dict(uri, parent, split.to_dict(), "split.json")
+        tracking.log_dict(uri, parent, sweep, SWEEP_ARTIFACT)
+        tracking.log_dict(uri, parent, split.to_dict(), lifecycle.SPLIT_ARTIFACT)
         _log(f"sweep {name}: {trials} trials of {args.method} on {cfg['dataset']}, searching "
              f"{', '.join(space.params)} ({_objectives_text(space)}); MLflow parent run {parent} in {uri}")
         _log(f"interrupted? continue with: python -m orchestrator sweep {args.method} --resume {name}")
@@ -467,7 +470,7 @@ def _resume(args: argparse.Namespace, uri: str) -> dict[str, Any]:
         raise UserError(f"--resume {args.resume} continues the sweep exactly as it was started (its sweep.json); "
                         f"drop {', '.join(changed)}")
     parent_run = find_parent(uri, args.resume)
-    sweep = tracking.load_json_artifact(uri, parent_run.info.run_id, "sweep.json")
+    sweep = tracking.load_json_artifact(uri, parent_run.info.run_id, SWEEP_ARTIFACT)
     if args.method and args.method != sweep["method"]:
         raise UserError(f"--resume {args.resume}: that sweep searches {sweep['method']}, not {args.method}")
     _check_saved_space(sweep, args.resume, getattr(args, "use_saved_space", False))
@@ -867,7 +870,7 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
         # A trial ASHA stops is torn down mid-fit: its run is left RUNNING, or FAILED when the teardown
         # raised inside the trial's own handler; either way Tune calls it TERMINATED.
         if trial_status == "TERMINATED" and run_status != "FINISHED" and not ran_to_end:
-            _close_stopped(uri, run_id, results.get(tid), metric, mode)
+            _close_stopped(uri, run_id, results.get(tid), metric)
         elif run_status == "RUNNING" and trial_status == "ERROR":
             tracking.end_run(uri, run_id, "FAILED")
         elif run_status == "RUNNING":  # interrupted: resume sets it RUNNING again
@@ -880,12 +883,17 @@ def _finish(sweep: dict[str, Any], uri: str, grid, space, prep) -> dict[str, Any
     completed = sum(v == "TERMINATED" for v in status.values())
     # The best trial by its best validation value, read from MLflow: a trial resumed from a checkpoint
     # reported to Tune only after the resume, but its child run holds the whole history.
+    # A trial's value is the one at the checkpoint it selects (loop.select_step, the rule train uses); trials tie
+    # to the first one listed.
+    from orchestrator.loop import select_step
+
     best_tid, best_value, best_config = None, None, None
     for tid, run_id in child_of.items():
-        values = [m.value for m in c.get_metric_history(run_id, metric) if math.isfinite(m.value)]
-        if not values:
+        history = {int(m.step): float(m.value) for m in c.get_metric_history(run_id, metric)}
+        step = select_step(history, metric)
+        if step is None:
             continue
-        v = float(min(values) if mode == "min" else max(values))
+        v = history[step]
         if best_value is None or (v < best_value if mode == "min" else v > best_value):
             best_tid, best_value = tid, v
             best_config = {k: by_id[tid].config[k] for k in space.params if k in by_id[tid].config}
@@ -946,8 +954,9 @@ def trial_point(uri: str, run_id: str, trial_id: str, space) -> dict[str, Any] |
     """One trial's objective values, read from its child run's metric histories, at its selected checkpoint.
 
     The step is the run's ``selected_step`` tag (its checkpoint, chosen on the primary objective), else the step
-    of its best primary value. Returns ``{"trial_id", "run_id", "step", "values": {objective: float}}``, or None
-    when any objective has no finite value at that step (an errored or unevaluated trial is not on any front).
+    ``loop.select_step`` picks from the primary objective's history (best value, ties to the later step).
+    Returns ``{"trial_id", "run_id", "step", "values": {objective: float}}``, or None when any objective has no
+    finite value at that step (an errored or unevaluated trial is not on any front).
     """
     from orchestrator import tracking
 
@@ -961,8 +970,9 @@ def trial_point(uri: str, run_id: str, trial_id: str, space) -> dict[str, Any] |
     if tag is not None and tag.isdigit() and int(tag) in primary:
         step = int(tag)
     else:
-        pick = max if space.mode == "max" else min
-        step = pick(primary, key=lambda k: (primary[k], k) if space.mode == "max" else (primary[k], -k))
+        from orchestrator.loop import select_step
+
+        step = select_step(primary, space.metric)
     if any(step not in h for h in hist.values()):
         return None
     return {"trial_id": trial_id, "run_id": run_id, "step": step, "values": {m: h[step] for m, h in hist.items()}}
@@ -1026,11 +1036,11 @@ def _record_front(uri: str, parent: str, space, points: list[dict], front: list[
         "tolerance": PARETO_TOLERANCE, "rule": rule, "picked_trial_id": picked["trial_id"] if picked else None,
         "front": [p["trial_id"] for p in front],
         "trials": [{**{k: p[k] for k in ("trial_id", "run_id", "step", "values", "config")},
-                    "on_front": p["trial_id"] in on_front} for p in points]}, "pareto_front.json")
+                    "on_front": p["trial_id"] in on_front} for p in points]}, PARETO_ARTIFACT)
     header = "| trial | step | " + " | ".join(space.metrics) + " | picked |"
     rows = [f"| {p['trial_id']} | {p['step']} | " + " | ".join(f"{p['values'][m]:.4g}" for m in space.metrics) +
             f" | {'yes' if picked and p['trial_id'] == picked['trial_id'] else ''} |" for p in front]
-    return (f"Pareto front ({len(front)} of {len(points)} trials; pareto_front.json); picked: {rule}", "",
+    return (f"Pareto front ({len(front)} of {len(points)} trials; {PARETO_ARTIFACT}); picked: {rule}", "",
             header, "|" + "---|" * (len(space.metrics) + 3), *rows, "")
 
 
@@ -1041,14 +1051,16 @@ def _evaluate_if_stopped(sweep: dict[str, Any], uri: str, run_id: str, prep) -> 
 
     from orchestrator import lifecycle, tracking
     from orchestrator.checkpoints import load_checkpoint
+    from orchestrator.evaluation import registry
 
     run = tracking.client(uri).get_run(run_id)
+    # Evaluated already: a novel-class evaluation records its kind's headline metrics (the registry's note headlines).
     if run.data.tags.get("stopped_early") != "true" or run.data.tags.get("selected_step") is None \
-            or any(k in run.data.metrics for k in ("fid_domain", "fid_inception", "accuracy")):
+            or any(k in run.data.metrics for k in registry.note_headlines()):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        saved = load_checkpoint(tracking.download(uri, run_id, "checkpoint/model.pt", tmp).parent)
-    cfg = {**sweep["config"], **tracking.load_json_artifact(uri, run_id, "config.json")["config"]}
+        saved = load_checkpoint(tracking.download(uri, run_id, lifecycle.CHECKPOINT_ARTIFACT, tmp).parent)
+    cfg = {**sweep["config"], **tracking.load_json_artifact(uri, run_id, lifecycle.CONFIG_ARTIFACT)["config"]}
     _log(f"best trial's child run {run_id} was stopped early: evaluating its step-{saved['step']} checkpoint")
     trial_prep = lifecycle.Prepared(sweep["method"], cfg, prep.ds, prep.split, prep.kind, prep.aids)
     lifecycle.evaluate_and_record(trial_prep, saved, uri=uri, run_id=run_id, seed=int(cfg["eval_seed"]),
@@ -1071,10 +1083,10 @@ def _record_best(uri: str, parent: str, summary: dict[str, Any]) -> None:
             c.set_tag(parent, f"best.{k}", str(v))
 
 
-def _close_stopped(uri: str, run_id: str, result, metric: str, mode: str) -> None:
+def _close_stopped(uri: str, run_id: str, result, metric: str) -> None:
     """A trial ASHA stopped was killed mid-fit: log its best validation checkpoint and close its run."""
     from orchestrator import lifecycle, tracking
-    from orchestrator.checkpoints import load_checkpoint
+    from orchestrator.checkpoints import CHECKPOINT_FILE, load_checkpoint
 
     df = result.metrics_dataframe if result is not None else None
     last_step = None
@@ -1082,11 +1094,16 @@ def _close_stopped(uri: str, run_id: str, result, metric: str, mode: str) -> Non
         last_step = int(df["step"].dropna().iloc[-1])
     tags = {"stopped_early": "true", "stopped_at_step": str(last_step)}
     if df is not None and "checkpoint_path" in df and metric in df:
+        from orchestrator.loop import select_evaluation
+
         rows = df.dropna(subset=["checkpoint_path", metric])
-        rows = rows[[Path(p, "model.pt").is_file() for p in rows["checkpoint_path"]]]
-        if len(rows):
-            row = rows.loc[rows[metric].idxmin() if mode == "min" else rows[metric].idxmax()]
-            saved = load_checkpoint(Path(row["checkpoint_path"]))
+        rows = rows[[Path(p, CHECKPOINT_FILE).is_file() for p in rows["checkpoint_path"]]]
+        # The rule a finished trial's checkpoint is chosen by (best value, ties to the later step).
+        steps = rows["step"] if "step" in rows else rows.index
+        chosen = select_evaluation([(str(p), {"step": float(s) if math.isfinite(float(s)) else 0.0, metric: float(v)})
+                                    for p, s, v in zip(rows["checkpoint_path"], steps, rows[metric])], metric)
+        if chosen is not None:
+            saved = load_checkpoint(Path(chosen[0]))
             lifecycle.log_model(uri, run_id, saved)
             tags["selected_step"] = str(int(saved["step"]))
     tracking.set_tags(uri, run_id, tags)

@@ -23,7 +23,7 @@ from orchestrator import lifecycle, tracking
 from orchestrator.data import Split, load_dataset
 from orchestrator.errors import UserError
 from orchestrator.evaluation import save_grid
-from orchestrator.evaluation.protocol import _derived_seed, augmented_control, split_shots
+from orchestrator.evaluation.protocol import augmented_control, generate_class, split_shots
 from orchestrator.kinds import build_method
 
 
@@ -40,9 +40,7 @@ def figure(uri: str, run_id: str, out: Path, classes: int, n: int, eval_seed: in
     for c in list(split.novel)[:classes]:
         shot_idx, _ = split_shots(ds, c, int(cfg["shots"]), eval_seed)
         shots = ds.get(shot_idx)
-        with torch.no_grad():
-            fake = model.adapt(shots, seed=_derived_seed(eval_seed, c, 1), steps=None).sample(
-                n, seed=_derived_seed(eval_seed, c, 2)).float().cpu()
+        fake = generate_class(model, shots, c, eval_seed, n, None, tuple(ds.image_shape))  # as the protocol makes them
         rows.append(torch.cat([shots, fake, augmented_control(shots, n, eval_seed, c)]))
     save_grid(torch.cat(rows), out, nrow=rows[0].shape[0])
     return out

@@ -57,3 +57,21 @@ def env(tmp_path):
     e = Env(tmp_path)
     yield e
     e.close()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The bundled digits at 32x32 grayscale and their seed-0 split: ``(ds, split)`` (one per test module)."""
+    from orchestrator.data import load_dataset, make_split
+
+    ds = load_dataset("digits", image_size=32, channels=1)
+    return ds, make_split(ds, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dom(digits, tmp_path_factory):
+    """The domain feature network trained on ``digits``' base classes (its weights under a module temp folder)."""
+    from orchestrator.evaluation import domain_features
+
+    ds, split = digits
+    return domain_features(ds, split, tmp_path_factory.mktemp("feat"))

@@ -164,3 +164,76 @@ def test_a_methods_own_adaptation_steps_do_not_split_groups():
     assert differing_keys(a, {**a, "adapt_steps": "50"}) == []
     assert differing_keys(a, {**a, "shots": "1"}) == ["shots"]
     assert compare._cmp_key(a) == compare._cmp_key({**a, "adapt_steps": "50"})
+
+
+def test_one_content_digest_for_the_record_and_the_moved_data_check():
+    """``comparability.data_digest`` is the harness's one content digest: the whole dataset's is ``cmp.data_digest``
+    (unchanged: name, class names, labels, images, in that order), and a split part's first 16 hex digits are what
+    ``log_data_input`` records and ``evaluate --data-root`` checks a moved dataset against."""
+    import hashlib
+
+    import numpy as np
+
+    from orchestrator import config as config_mod
+    from orchestrator import lifecycle
+    from orchestrator.evaluation.comparability import data_digest
+    from orchestrator.kinds import method_class
+
+    cls = method_class("figr")
+    prep = lifecycle.prepare("figr", lifecycle.finish_config(config_mod.resolve(
+        cls.default_config, {"steps": 1}, [], cls.harness_defaults)), quiet=True)
+    ds = prep.ds
+    h = hashlib.sha256(json.dumps([str(ds.name), list(map(str, ds.class_names))]).encode())
+    h.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
+    h.update(ds.images.contiguous().numpy().tobytes())
+    assert data_digest(ds) == h.hexdigest()  # the recorded cmp.data_digest of earlier runs still matches
+    for part in ("base", "novel"):
+        digest, idx = lifecycle.data_digest(prep, part)
+        assert digest == data_digest(ds, list(getattr(prep.split, part)))[:16]
+        assert len(idx) == sum(len(ds.class_indices(c)) for c in getattr(prep.split, part))
+    assert lifecycle.data_digest(prep, "base")[0] != lifecycle.data_digest(prep, "novel")[0]
+
+
+def _record(**change) -> dict:
+    return {**{k: f"v-{k}" for k in KEYS}, **change}
+
+
+def test_a_key_missing_on_both_sides_is_unknown_not_equal():
+    from orchestrator.evaluation.comparability import complete, unknown_keys
+
+    a, b = _record(), _record()
+    assert differing_keys(a, b) == [] and unknown_keys(a, b) == [] and complete(a)
+    del a["features_sha256"], b["features_sha256"]  # e.g. two records that never said which feature network
+    assert differing_keys(a, b) == [] and unknown_keys(a, b) == ["features_sha256"] and not complete(a)
+    assert unknown_keys(_record(data_digest="mixed:x,y"), _record(data_digest="mixed:x,y")) == ["data_digest"]
+    assert unknown_keys(_record(adapt_steps=None), _record()) == []  # a method's own budget is not compared
+    assert unknown_keys(None, _record()) == [] and differing_keys(None, _record()) == ["record"]  # unchanged
+
+
+def test_a_replicate_parent_marks_the_keys_its_seeds_disagree_on(tmp_path):
+    """Seeds measured differently (here: another data digest) give the replicate parent ``mixed:...`` on that key
+    and a ``cmp_mixed`` tag naming it, instead of dropping the key; it is then comparable with nothing on it,
+    its own seeds included, and compare puts it in a group of its own."""
+    from orchestrator.compare import _cmp_key
+    from orchestrator.evaluation.comparability import as_tags, combined, unknown_keys
+    from orchestrator.replicates import _copy_comparability
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    kids = []
+    for i, digest in enumerate(("aaa", "bbb")):
+        rid = tracking.start_run(uri, "reps", f"seed{i}", {"seed": i}, as_tags(_record(data_digest=digest)))
+        tracking.end_run(uri, rid)
+        kids.append(tracking.get_run(uri, rid))
+    parent = tracking.start_run(uri, "reps", "parent", {}, {"replicate_role": "parent"})
+    _copy_comparability(uri, parent, kids)
+    tags = tracking.get_run(uri, parent).data.tags
+    assert tags["cmp.data_digest"] == "mixed:aaa,bbb" and tags["cmp_mixed"] == "data_digest"
+    assert tags["cmp.split_seed"] == "v-split_seed"  # agreed keys are carried as they are
+    record = from_tags(tags)
+    assert tracking.load_json_artifact(uri, parent, "comparability.json") == record
+    assert differing_keys(record, from_tags(kids[0].data.tags)) == ["data_digest"]
+    assert unknown_keys(record, record) == ["data_digest"]  # not even comparable with itself on that key
+    assert _cmp_key(record, parent) == ("incomplete", parent) != _cmp_key(record, "another run")
+    # agreeing seeds: the parent's record is theirs, whole
+    assert combined([_record(), _record()]) == _record()
+    assert combined([_record(), None]) is None

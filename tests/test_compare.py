@@ -147,6 +147,24 @@ def test_higher_is_better_metric_and_row_metrics(store):
     assert a["skipped"]["missing_metric"] == 8
 
 
+def test_parent_is_ranked_by_the_metric_its_sweep_ranked_by(tmp_path):
+    """``compare --parent`` without --metric ranks a sweep's trials by the sweep's own metric (its ``sweep.metric``
+    param, val_class_hit in the generators' spaces), not by a second default (val_fid_domain) that could crown
+    another trial than the sweep did."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    figr = {"method": "figr", "dataset": "digits"}
+    parent = tracking.start_run(uri, EXP, "sweep", {"sweep.metric": "val_class_hit", "sweep.mode": "max"},
+                                {**figr, "sweep_role": "parent"})
+    sharp = _run(uri, "sharp", figr, {"val_class_hit": 0.6, "val_fid_domain": 90.0}, parent=parent)
+    _run(uri, "blob", figr, {"val_class_hit": 0.2, "val_fid_domain": 20.0}, parent=parent)
+    tracking.end_run(uri, parent)
+    out = compare.run(_args(str(tmp_path), parent=parent), uri)
+    assert (out["metric"], out["mode"]) == ("val_class_hit", "max")
+    assert [r["run_id"] for r in out["rows"]] == [sharp]
+    # A parent that does not say (not a sweep's) and an experiment keep the documented default.
+    assert compare.default_metric(tracking.client(uri), None) == compare.DEFAULT_METRIC == "val_fid_domain"
+
+
 def test_explicit_mode_overrides_name(store):
     out = compare.run(_args(store["tmp"], experiment=EXP, metric="fid_domain", mode="max"), store["uri"])
     assert _by_key(out)["figr", "digits"]["run_id"] == store["a"]  # worst FID when asked for max

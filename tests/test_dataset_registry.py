@@ -52,6 +52,16 @@ def test_every_command_shows_the_registry_help():
         assert f"{s.name} ({s.help})" in text
 
 
+def test_the_default_dataset_is_declared_once_and_read_from_there():
+    """The dataset used without --dataset is the registry's DEFAULT: the harness config, pregenerate and the
+    --dataset help read it there (they wrote "digits" themselves)."""
+    from orchestrator import config
+
+    assert registry.spec(registry.DEFAULT).name == registry.DEFAULT and not registry.spec(registry.DEFAULT).needs_root
+    assert config.HARNESS_DEFAULTS["dataset"] == registry.DEFAULT
+    assert registry.help_text().endswith(f"(default {registry.DEFAULT})")
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_each_fact_of_a_dataset_comes_from_its_declaration(spec, tmp_path):
     assert registry.spec(spec.name.upper().replace("-", "_")) is spec  # one spelling rule, in the registry

@@ -13,23 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.data import load_dataset, make_split
+from orchestrator.data import make_split
 from orchestrator.evaluation import (FID_WEIGHTS_FILENAME, EvalResult, MetricNotComputed, class_hit, diversity,
                                      domain_features, evaluate_generator, fid, get_features, kid, mse_ssim, save_grid,
                                      split_shots, standardise)
 from orchestrator.evaluation import features as feat_mod
-
-
-@pytest.fixture(scope="module")
-def digits():
-    ds = load_dataset("digits", image_size=32, channels=1)
-    return ds, make_split(ds, seed=0)
-
-
-@pytest.fixture(scope="module")
-def dom(digits, tmp_path_factory):
-    ds, split = digits
-    return domain_features(ds, split, tmp_path_factory.mktemp("feat"))
 
 
 # ------------------------------------------------------------------------------ metrics ------

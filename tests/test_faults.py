@@ -222,14 +222,18 @@ class MlflowServer:
         self.proc = None
 
 
-def break_store_mid_run(env, uri: str, experiment: str, steps: int, breaker, **environ: str):
-    """Start a FIGR ``train`` into ``uri``, call ``breaker(run)`` once its first checkpoint is recorded, wait
-    for the command to end, and check it ended as a store failure must: exit 2 with exactly one error line.
-    Returns (the run as first seen, the whole stderr, that one line)."""
+def break_store_mid_run(env, uri: str, experiment: str, steps: int, breaker, *, eval_every: int = 2,
+                        break_at: int | None = None, no_traceback: bool = False, **environ: str):
+    """Start a FIGR ``train`` of ``steps`` steps (a checkpoint every ``eval_every``) into ``uri``, call
+    ``breaker(run)`` once the checkpoint of step ``break_at`` is recorded (default: the first, ``eval_every``), wait
+    for the command to end, and check it ended as a store failure must: exit 2 with exactly one error line (and, with
+    ``no_traceback``, no ``Traceback`` line anywhere in stderr). ``environ``: extra environment of the command. Returns (the run as first seen, the whole stderr, a
+    list holding that one line)."""
+    at = eval_every if break_at is None else break_at
     proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", experiment, *FIGR,
-                              "--set", "eval_every=2", "--steps", str(steps)], **environ)
+                              "--set", f"eval_every={eval_every}", "--steps", str(steps)], **environ)
     try:
-        run = wait_for(lambda: run_at_step(uri, experiment, 2), 1800, "the first recorded checkpoint", proc, err)
+        run = wait_for(lambda: run_at_step(uri, experiment, at), 1800, f"the recorded step-{at} checkpoint", proc, err)
         breaker(run)
         proc.wait(timeout=2400)
     finally:
@@ -238,6 +242,8 @@ def break_store_mid_run(env, uri: str, experiment: str, steps: int, breaker, **e
     stderr = err.read_text()
     lines = error_lines(stderr)
     assert proc.returncode == 2 and len(lines) == 1, stderr[-3000:]
+    if no_traceback:
+        assert not [x for x in stderr.splitlines() if x.startswith("Traceback")], stderr[-3000:]
     return run, stderr, lines[0:1]
 
 

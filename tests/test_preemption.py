@@ -19,7 +19,7 @@ import pytest
 
 from orchestrator import tracking
 from orchestrator.interrupt import TAG
-from tests.test_faults import FIGR, kill_tree, recorded_step, run_at_step, steps_of, wait_for
+from tests.test_faults import break_store_mid_run, kill_tree, recorded_step, run_at_step, steps_of, wait_for
 
 # FIGR's tiny settings with 8 generated images per validation class: validation FID is NaN at every step (Ray's
 # restored checkpoint list then holds null for it). Selection now defaults to val_class_hit, and a too-small
@@ -138,20 +138,10 @@ def test_full_artifact_store_ends_in_one_line_and_the_resume_records_everything_
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         exp, steps = "full", 8
         tracking.client(uri).create_experiment(exp, artifact_location=arts.as_uri())
-        proc, _, err = env.start(["train", "figr", "--tracking-uri", uri, "--experiment", exp, *FIGR,
-                                  "--set", "eval_every=4", "--steps", str(steps)])
-        try:
-            run = wait_for(lambda: run_at_step(uri, exp, steps), 1800, "the last recorded checkpoint", proc, err)
-            _fill(arts)
-            proc.wait(timeout=1200)
-        finally:
-            if proc.poll() is None:
-                kill_tree(proc)
-        stderr = err.read_text()
-        lines = [x for x in stderr.splitlines() if x.startswith("error:")]
+        # exit 2, one error: line, no traceback: checked by break_store_mid_run
+        run, _, lines = break_store_mid_run(env, uri, exp, steps, lambda run: _fill(arts), eval_every=4,
+                                            break_at=steps, no_traceback=True)
         run_id = run.info.run_id
-        assert proc.returncode == 2 and len(lines) == 1, stderr[-3000:]
-        assert not [x for x in stderr.splitlines() if x.startswith("Traceback")], stderr[-3000:]
         assert str(arts) in lines[0] and f"train --resume {run_id}" in lines[0], lines[0]
         assert "No space left on device" in lines[0], lines[0]
         no_metric_twice(uri, run_id)

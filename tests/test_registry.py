@@ -19,9 +19,9 @@ import torchvision
 
 import methods
 from orchestrator import compare, kinds, search_space, tracking
-from orchestrator.data import load_dataset, make_split
+from orchestrator.data import make_split
 from orchestrator.errors import UserError
-from orchestrator.evaluation import domain_features, evaluate_generator, registry
+from orchestrator.evaluation import evaluate_generator, registry
 from orchestrator.evaluation.lpips_diversity import LpipsDiversity
 from orchestrator.evaluation.stats import metric_bounds
 from tests.test_evaluation import Noise, RealImages
@@ -56,18 +56,6 @@ ALL_NAMES = sorted({v for s in _stems() for v in _variants(s)})
 
 
 # ------------------------------------------------------------------ the protocols' names are declared ----
-
-@pytest.fixture(scope="module")
-def digits():
-    ds = load_dataset("digits", image_size=32, channels=1)
-    return ds, make_split(ds, seed=0)
-
-
-@pytest.fixture(scope="module")
-def dom(digits, tmp_path_factory):
-    ds, split = digits
-    return domain_features(ds, split, tmp_path_factory.mktemp("feat"))
-
 
 @pytest.fixture(scope="module")
 def alexnet(tmp_path_factory) -> Path:

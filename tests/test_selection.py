@@ -15,7 +15,7 @@ import torch
 from orchestrator import config as config_mod
 from orchestrator import lifecycle
 from orchestrator.kinds import method_class
-from orchestrator.loop import select_evaluation
+from orchestrator.loop import select_evaluation, select_step
 
 
 def resolved(method: str) -> dict:
@@ -75,3 +75,12 @@ def test_selection_ignores_missing_and_nan_values(two_evaluations):
     tied = [("step2", {"step": 2, "val_class_hit": 1.0}), ("step4", {"step": 4, "val_class_hit": 1.0}),
             ("step3", {"step": 3, "val_class_hit": 1.0})]
     assert select_evaluation(tied, "val_class_hit")[0] == "step4"
+
+
+def test_a_metric_history_selects_by_the_same_rule():
+    """``select_step`` (what a sweep reads a trial's selected checkpoint with, from its MLflow history) is
+    ``select_evaluation``'s rule: the best finite value by the metric's direction, ties to the later step."""
+    assert select_step({2: 0.5, 4: 0.7, 6: 0.7, 8: 0.6}, "val_class_hit") == 6  # higher is better; tie -> later
+    assert select_step({2: 30.0, 4: 20.0, 6: 20.0, 8: math.nan}, "val_fid_domain") == 6  # lower is better; NaN never
+    assert select_step({2: math.nan}, "val_class_hit") is None
+    assert select_step({}, "val_class_hit") is None

@@ -11,7 +11,8 @@ import pickle
 import numpy as np
 import pytest
 
-from orchestrator.evaluation.stats import CI, PairedCI, bootstrap_ci, metric_bounds, paired_difference_ci, summarize_seeds
+from orchestrator.evaluation.stats import (CI, PairedCI, bootstrap_ci, lift_ci, metric_bounds, paired_difference_ci,
+                                           summarize_seeds)
 
 TRUTH = 1.0
 
@@ -127,3 +128,40 @@ def test_summarize_seeds_keeps_a_share_inside_its_range_and_leaves_kid_unbounded
     assert metric_bounds("recall_domain_real") == (0.0, 1.0)
     assert metric_bounds("inception_score_domain_shots")[0] == 1.0
     assert metric_bounds("kid_domain") == (-math.inf, math.inf)
+
+
+def test_a_lift_is_a_paired_difference_inside_the_lifts_declared_range():
+    """``lift_ci`` (the lift over the untrained control read by the protocol, compare and the sweep's summary): the
+    paired difference with its interval intersected with ``lift_<metric>``'s declared range. Two classes with a
+    large spread expand past [-1, 1] (the 2-class digits sweep printed [-2.571, 2.471]); a lift of a share cannot."""
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    raw = paired_difference_ci(a, b)
+    assert raw.low < -1.0 and raw.high > 1.0  # the case the intersection is for
+    d = lift_ci(a, b, "class_hit")
+    assert (d.mean, d.low, d.high, d.separated) == (raw.mean, -1.0, 1.0, raw.separated)
+    assert metric_bounds("lift_class_hit") == (-1.0, 1.0)
+    shifted = lift_ci(np.full((3, 8), 0.9) + np.linspace(0, 0.05, 8), np.full((3, 8), 0.1), "class_hit")
+    assert shifted.separated and -1.0 <= shifted.low <= shifted.mean <= shifted.high <= 1.0
+    wide = lift_ci(np.array([50.0, 0.0]), np.array([0.0, 50.0]), "diversity")  # diversity's lift is unbounded
+    assert wide.low < -50.0 and wide.high > 50.0
+
+
+def test_gap_closed_is_missing_where_there_is_no_gap_to_close():
+    """``gap_closed`` = lift / augmented lift only where the augmented control is separated above the untrained one
+    (for class_hit); an augmented lift <= 0, ~0, or covering 0 gives NaN with its reason, never a number (before,
+    a separated negative augmented lift gave a share with its sign flipped)."""
+    from orchestrator.evaluation.stats import gap_closed
+
+    share, why = gap_closed(0.1, (0.4, 0.3, 0.5, True), "class_hit")
+    assert share == pytest.approx(0.25) and why is None
+    for augmented, needle in [((-0.2, -0.3, -0.1, True), "worse"), ((0.0, 0.0, 0.0, True), "is 0"),
+                              ((1e-12, 1e-12, 1e-12, True), "is 0"), ((0.1, -0.1, 0.3, False), "not separated"),
+                              ((None, None, None, False), "unknown")]:
+        share, why = gap_closed(0.1, augmented, "class_hit")
+        assert math.isnan(share) and needle in why, (augmented, why)
+    assert math.isnan(gap_closed(math.nan, (0.4, 0.3, 0.5, True), "class_hit")[0])
+    # a metric without a direction: a separated augmented lift of either sign spans a gap
+    assert gap_closed(-0.1, (-0.4, -0.5, -0.3, True), "memorized_share")[0] == pytest.approx(0.25)
+    lift = lift_ci(np.array([0.5, 0.6, 0.55]), np.array([0.5, 0.5, 0.5]), "class_hit")
+    augmented = lift_ci(np.array([0.4, 0.45, 0.42]), np.array([0.5, 0.5, 0.5]), "class_hit")  # augmented < untrained
+    assert augmented.separated and augmented.mean < 0 and math.isnan(gap_closed(lift.mean, augmented, "class_hit")[0])

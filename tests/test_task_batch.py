@@ -369,7 +369,7 @@ def test_protocol_generates_through_adapt_many_batched_as_class_by_class(float64
     g = torch.Generator().manual_seed(2)
     shots = [torch.rand(2, *TR_SHAPE, generator=g) * 2 - 1 for _ in range(3)]
     classes = [4, 7, 9]
-    want = [protocol._generate(Transfer(cfg, TR_SHAPE, "cpu", 4), s, c, 0, 6, None, TR_SHAPE)
+    want = [protocol.generate_class(Transfer(cfg, TR_SHAPE, "cpu", 4), s, c, 0, 6, None, TR_SHAPE)
             for s, c in zip(shots, classes)]
     got = protocol._generate_many(Transfer({**cfg, "task_batch": 3}, TR_SHAPE, "cpu", 4), shots, classes, 0, 6,
                                   None, TR_SHAPE)

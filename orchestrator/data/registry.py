@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from orchestrator.errors import UserError
 
-__all__ = ["DatasetSpec", "NpyBenchmark", "declared", "find", "help_text", "names", "register", "spec"]
+__all__ = ["DEFAULT", "DatasetSpec", "NpyBenchmark", "declared", "find", "help_text", "names", "register", "spec"]
 
 BACKGROUNDS = ("white", "black")
 
@@ -149,8 +149,8 @@ def spec(name: str) -> DatasetSpec:
 
 
 def help_text() -> str:
-    """``--dataset``'s help: every declared name with its phrase, in declaration order."""
-    return "; ".join(f"{s.name} ({s.help})" for s in declared())
+    """``--dataset``'s help: every declared name with its phrase, in declaration order, and which is the default."""
+    return "; ".join(f"{s.name} ({s.help})" for s in declared()) + f" (default {DEFAULT})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,7 +161,9 @@ _DOWNLOADED = "downloaded when no --data-root"
 
 # MNIST / Fashion-MNIST hold out 3 of 10 classes: with one novel class, class_hit is 1 (chance) by
 # construction and IS / Mode Score over one class carry no quality signal (issue 12).
-register(DatasetSpec("digits", f"{_DATASETS}:load_digits", "the default: sklearn's 1,797 8x8 digits, no download",
+# The dataset a command uses without --dataset (config.HARNESS_DEFAULTS, pregenerate): it must need no download.
+DEFAULT = "digits"
+register(DatasetSpec("digits", f"{_DATASETS}:load_digits", "sklearn's 1,797 8x8 digits, no download",
                      "", background="black", split=(1, 2),
                      recorded_loader="sklearn.datasets.load_digits", no_root="ships with scikit-learn"))
 register(DatasetSpec("omniglot", f"{_DATASETS}:load_omniglot", f"1,623 characters of 50 alphabets, {_DOWNLOADED}",

@@ -24,7 +24,7 @@ _SOURCES = {
     "metrics": ("MetricNotComputed", "class_hit", "class_hit_per_class", "diversity", "diversity_per_class", "fid",
                 "inception_score", "kid", "kid_resampled", "kid_spread", "memorized_share", "memorized_share_real",
                 "mode_score", "mse_ssim", "prdc", "shot_distance_ratio", "standardise"),
-    "protocol": ("EvalResult", "evaluate_generator", "save_grid", "save_result_images", "split_shots"),
+    "protocol": ("EvalResult", "evaluate_generator", "generate_class", "save_grid", "save_result_images", "split_shots"),
     "stats": ("CI", "PairedCI", "bootstrap_ci", "paired_difference_ci"),
 }
 _WHERE = {name: module for module, names in _SOURCES.items() for name in names}

@@ -29,6 +29,38 @@ ARTIFACT = "comparability.json"
 METHOD_KEYS = ("adapt_steps",)
 
 
+# The value of a key on which the evaluations a summary holds disagree (a replicate parent's seeds: combined()).
+MIXED_PREFIX = "mixed:"
+
+
+def known(value: str | None) -> bool:
+    """Whether a record's value says how the number was measured: not missing, not mixed. An unknown value is
+    never equal to anything, another unknown included (:func:`unknown_keys`)."""
+    return value is not None and not value.startswith(MIXED_PREFIX)
+
+
+def complete(record: dict[str, str] | None) -> bool:
+    """A record with a known value for every key of ``KEYS`` that groups (``METHOD_KEYS`` aside)."""
+    return record is not None and all(known(record.get(k)) for k in KEYS if k not in METHOD_KEYS)
+
+
+def combined(records: list[dict[str, str] | None]) -> dict[str, str] | None:
+    """The record of a summary over several evaluations (a replicate parent over its seed runs): each key's value
+    where all records agree, ``mixed:<v1>,<v2>...`` (the distinct values, sorted) where they disagree, missing where
+    any record lacks it. None when there is no record or any evaluation has none. A mixed or missing key makes the
+    summary comparable with nothing on that key (:func:`unknown_keys`), so it is marked, never dropped."""
+    if not records or any(r is None for r in records):
+        return None
+    out: dict[str, str] = {}
+    for key in dict.fromkeys(k for r in records for k in r):
+        values = [r.get(key) for r in records]
+        if any(v is None for v in values):
+            continue
+        distinct = sorted(set(values))
+        out[key] = distinct[0] if len(distinct) == 1 else MIXED_PREFIX + ",".join(distinct)
+    return out
+
+
 def grouping(record: dict[str, str] | None) -> dict[str, str] | None:
     """The part of a record that must be equal for two evaluations to be compared (``METHOD_KEYS`` dropped)."""
     return None if record is None else {k: v for k, v in record.items() if k not in METHOD_KEYS}
@@ -38,24 +70,40 @@ def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def data_digest(ds: Any) -> str:
-    """sha256 (hex) of a loaded dataset's content: its name, class names, labels and uint8 images as loaded.
+def split_sha256(split: Any) -> str:
+    """sha256 (hex) of a ``data.Split``'s ``to_dict()`` (``cmp.split_sha256``)."""
+    return _sha256_json(split.to_dict())
 
-    ``ds``: an ``orchestrator.data`` dataset (``images`` uint8 [N, C, H, W], ``labels`` [N], ``class_names``).
-    The images are hashed at the loaded size, so the same files at another ``--image-size`` give another digest
-    (as they give other numbers). Cached on the dataset object (the images are immutable once loaded)."""
-    cached = getattr(ds, "_cmp_data_digest", None)
-    if cached is not None:
-        return cached
-    h = hashlib.sha256(json.dumps([str(ds.name), list(map(str, ds.class_names))]).encode())
-    h.update(np.asarray(ds.labels, dtype=np.int64).tobytes())
-    images = ds.images
+
+def data_digest(ds: Any, classes: list[int] | None = None) -> str:
+    """sha256 (hex) of a loaded dataset's content: its name, class names, labels and uint8 images as loaded; the one
+    content digest of the harness (``cmp.data_digest`` over the whole dataset; ``lifecycle.log_data_input`` over one
+    split part, what ``evaluate --data-root`` checks a moved dataset against).
+
+    ``ds``: an ``orchestrator.data`` dataset (``images`` uint8 [N, C, H, W], ``labels`` [N], ``class_names``,
+    ``class_indices(c)``). ``classes``: digest only these classes' images (in this order; their names in place of
+    all class names); None: the whole dataset. The images are hashed at the loaded size, so the same files at another
+    ``--image-size`` give another digest (as they give other numbers). The whole dataset's digest is cached on the
+    dataset object (the images are immutable once loaded)."""
+    if classes is None:
+        cached = getattr(ds, "_cmp_data_digest", None)
+        if cached is not None:
+            return cached
+        names, labels, images = list(map(str, ds.class_names)), ds.labels, ds.images
+    else:
+        idx = (np.concatenate([np.asarray(ds.class_indices(int(c)), dtype=np.int64) for c in classes]) if classes
+               else np.zeros(0, dtype=np.int64))
+        names = [str(ds.class_names[int(c)]) for c in classes]
+        labels, images = np.asarray(ds.labels)[idx], ds.images[idx]
+    h = hashlib.sha256(json.dumps([str(ds.name), names]).encode())
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
     h.update(images.contiguous().numpy().tobytes() if hasattr(images, "numpy") else np.asarray(images).tobytes())
     digest = h.hexdigest()
-    try:
-        ds._cmp_data_digest = digest
-    except AttributeError:  # a dataset class with __slots__: recompute next time
-        pass
+    if classes is None:
+        try:
+            ds._cmp_data_digest = digest
+        except AttributeError:  # a dataset class with __slots__: recompute next time
+            pass
     return digest
 
 
@@ -100,7 +148,7 @@ def comparability_record(*, dataset: str, ds: Any, split: Any, features: Any, sh
         "dataset": str(dataset),
         "data_digest": data_digest(ds),
         "split_seed": str(int(split.seed)),
-        "split_sha256": _sha256_json(split.to_dict()),
+        "split_sha256": split_sha256(split),
         "image_size": str(h) if h == w else f"{h}x{w}",
         "channels": str(c),
         "features": str(getattr(features, "kind", None) or "none"),
@@ -128,9 +176,22 @@ def from_tags(tags: dict[str, str]) -> dict[str, str] | None:
 
 def differing_keys(a: dict[str, str] | None, b: dict[str, str] | None) -> list[str]:
     """The keys on which two records differ (a missing record differs on ``"record"``), in ``KEYS`` order;
-    ``METHOD_KEYS`` are not compared."""
+    ``METHOD_KEYS`` are not compared. Values only: a key neither record holds is not listed here but by
+    :func:`unknown_keys`, and two records are comparable only when both lists are empty."""
     if a is None or b is None:
         return [] if a is None and b is None else ["record"]
     a, b = grouping(a), grouping(b)
     keys = list(KEYS) + sorted((set(a) | set(b)) - set(KEYS))
     return [k for k in keys if a.get(k) != b.get(k)]
+
+
+def unknown_keys(a: dict[str, str] | None, b: dict[str, str] | None) -> list[str]:
+    """The grouping keys (``KEYS`` less ``METHOD_KEYS``, and any other key either holds) whose value is unknown on
+    either side: missing or mixed (:func:`known`), missing on both sides included (nothing then says the two were
+    measured alike, so it is not "equal"). In ``KEYS`` order; [] when either record is None (``differing_keys``
+    says ``"record"``)."""
+    if a is None or b is None:
+        return []
+    a, b = grouping(a), grouping(b)
+    keys = [k for k in KEYS if k not in METHOD_KEYS] + sorted((set(a) | set(b)) - set(KEYS))
+    return [k for k in keys if not (known(a.get(k)) and known(b.get(k)))]

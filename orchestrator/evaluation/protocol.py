@@ -90,19 +90,25 @@ ADAPT_CHUNK = 16  # classes per ``adapt_many`` call: a method may adapt them as 
 
 def _generate_many(model: Any, shots: list[torch.Tensor], classes: list[int], seed: int, n: int, steps: int | None,
                    shape: tuple[int, ...]) -> list[torch.Tensor]:
-    """``_generate`` for several classes through the ``adapt_many`` hook (the same seeds; methods/base.py).
+    """``generate_class`` for several classes through the ``adapt_many`` hook (the same seeds; methods/base.py).
 
     A model that is not a ``methods.base.Method`` (no ``adapt_many``) adapts class by class."""
     if not hasattr(model, "adapt_many"):
-        return [_generate(model, s, c, seed, n, steps, shape) for s, c in zip(shots, classes)]
+        return [generate_class(model, s, c, seed, n, steps, shape) for s, c in zip(shots, classes)]
     device = getattr(model, "device", None)
     xs = [s.to(device) if device is not None else s for s in shots]
     samplers = model.adapt_many(xs, [_derived_seed(seed, c, 1) for c in classes], steps)
     return [_sample(sampler, c, seed, n, shape, model) for sampler, c in zip(samplers, classes)]
 
 
-def _generate(model: Any, shots: torch.Tensor, c: int, seed: int, n: int, steps: int | None,
-              shape: tuple[int, ...]) -> torch.Tensor:
+def generate_class(model: Any, shots: torch.Tensor, c: int, seed: int, n: int, steps: int | None,
+                   shape: tuple[int, ...]) -> torch.Tensor:
+    """The ``n`` images the protocol makes for class ``c`` from ``shots``: ``model.adapt`` (``steps``: None = the
+    method's own count, 0 = unadapted) then ``sample``, seeded from (eval ``seed``, class, purpose) exactly as the
+    evaluation seeds them, so a figure or script shows the very images that were scored.
+
+    ``shots``: float32 [k, C, H, W] in [-1, 1]; ``shape``: (C, H, W) the samples must have. Returns float32 CPU
+    [n, C, H, W] in [-1, 1]. Raises ValueError when the sampler returns another shape."""
     device = getattr(model, "device", None)
     x = shots.to(device) if device is not None else shots
     return _sample(model.adapt(x, seed=_derived_seed(seed, c, 1), steps=steps), c, seed, n, shape, model)
@@ -408,7 +414,7 @@ def evaluate_generator(method: Any, make_scratch: Callable[[], Any] | None, ds: 
             kept[c] = fake
         if controls:
             pixel_scores("mse", fake, real_imgs)
-            unadapted = _generate(method, shot_imgs, c, seed, n_generate, 0, shape)
+            unadapted = generate_class(method, shot_imgs, c, seed, n_generate, 0, shape)
             count_bad("_unadapted", unadapted)
             gen_feats["_unadapted"][c] = features(unadapted)
             lp("_unadapted", c, unadapted)
@@ -540,9 +546,10 @@ def _placement(rec: _Record, seed: int) -> None:
     untrained control, paired by class), ``lift_<m>_augmented`` = m_augmented - m_scratch per class (the positive
     control's lift), and ``gap_closed_<m>`` = mean lift / mean augmented lift (the share of the way from the
     untrained to the augmented control the method goes: 0 = untrained, 1 = as far as classic augmentation; > 1
-    beyond it). ``gap_closed`` is not computed when the augmented control's lift is not separated from 0 (its
-    paired interval over classes, ``stats.paired_difference_ci``, covers 0): a share of no gap means nothing."""
-    from orchestrator.evaluation.stats import paired_difference_ci
+    beyond it), by ``stats.gap_closed``: not computed (NaN, recorded as missing) when the augmented control's lift
+    is not separated from 0 (its paired interval over classes, ``stats.lift_ci``, covers 0), is ~0, or is on the
+    worse side of 0 (``class_hit``: augmented <= untrained): a share of no gap means nothing."""
+    from orchestrator.evaluation.stats import gap_closed, lift_ci
 
     for base in PLACED:
         scratch = rec.per_class.get(f"{base}_scratch")
@@ -555,12 +562,12 @@ def _placement(rec: _Record, seed: int) -> None:
         name = f"gap_closed_{base}"
         if f"{base}_augmented" not in rec.per_class or scratch is None or f"{base}" not in rec.per_class:
             continue
-        aug = paired_difference_ci(np.asarray([rec.per_class[f"{base}_augmented"]]), np.asarray([scratch]), seed=seed)
-        if not aug.separated:
-            rec.fail(name, f"the augmented control's {base} is not separated from the untrained control's "
-                           f"(lift {aug.mean:.3g} [{aug.low:.3g}, {aug.high:.3g}])")
+        aug = lift_ci(np.asarray([rec.per_class[f"{base}_augmented"]]), np.asarray([scratch]), base, seed=seed)
+        share, why = gap_closed(rec.m.get(f"lift_{base}"), aug, base)
+        if why is not None:
+            rec.fail(name, why)
             continue
-        rec.put(name, lambda: rec.m[f"lift_{base}"] / rec.m[f"lift_{base}_augmented"])
+        rec.put(name, lambda share=share: share)
 
 
 def _safe_list(fn: Callable[[], list[float]], n: int) -> list[float]:

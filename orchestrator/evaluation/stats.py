@@ -48,7 +48,7 @@ import numpy as np
 
 from orchestrator.evaluation import registry
 
-__all__ = ["CI", "PairedCI", "bootstrap_ci", "metric_bounds", "paired_difference_ci", "summarize_seeds"]
+__all__ = ["CI", "PairedCI", "bootstrap_ci", "gap_closed", "lift_ci", "metric_bounds", "paired_difference_ci", "summarize_seeds"]
 
 
 def metric_bounds(name: str) -> tuple[float, float]:
@@ -234,6 +234,59 @@ def paired_difference_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95, n_bo
     ci = bootstrap_ci(a - b, level=level, n_boot=n_boot, seed=seed, expand=expand, design=design)
     separated = bool(ci.n_cells > 1 and (ci.low > 0.0 or ci.high < 0.0))  # False for NaN
     return PairedCI(ci.mean, ci.low, ci.high, separated, **dict(ci.__dict__))
+
+
+def lift_ci(values: np.ndarray, scratch: np.ndarray, metric: str, level: float = 0.95, n_boot: int = 2000,
+            seed: int = 0) -> PairedCI:
+    """The lift of ``metric`` over the untrained control: the paired difference ``values - scratch`` with its
+    interval intersected with the declared range of ``lift_<metric>`` (``metric_bounds``: a lift of a share lies in
+    [-1, 1], which the small-sample expansion of few classes can reach past, e.g. [-2.571, 2.471] on 2 classes).
+
+    Args: ``values``: ``metric`` of the method (or of the augmented control: its own lift), ``scratch``:
+      ``<metric>_scratch``, both float arrays [n_seeds, n_classes] (or one seed's [n_classes]) on the same seeds and
+      classes; ``metric``: the base name (``class_hit``, ``diversity``, ``memorized_share``); ``level``, ``n_boot``,
+      ``seed``: as :func:`bootstrap_ci`.
+    Returns: :class:`PairedCI`; ``separated`` is judged on the interval before the intersection (0 lies in every
+      lift's range, so the intersection never changes it). The one definition of a lift that the protocol's
+      placement, ``compare`` and the sweep's summary read. Raises: as :func:`paired_difference_ci`.
+    """
+    d = paired_difference_ci(values, scratch, level=level, n_boot=n_boot, seed=seed)
+    lo, hi = metric_bounds(f"lift_{metric}")
+    low, high = (float(v) for v in np.clip([d.low, d.high], lo, hi))  # NaN stays NaN
+    return PairedCI(d.mean, low, high, d.separated, **dict(d.__dict__))
+
+
+GAP_EPS = 1e-9  # an augmented lift this close to 0 leaves no gap to close (the share would be lift / ~0)
+
+
+def gap_closed(lift: float | None, augmented: tuple, metric: str) -> tuple[float, str | None]:
+    """The share of the gap from the untrained to the augmented control that a method closes: ``lift / augmented
+    lift`` (0 = the untrained control, 1 = as far as classic augmentation, > 1 beyond it), or NaN with the reason
+    when there is no gap to share.
+
+    Args: ``lift``: the method's mean lift over the untrained control (``lift_ci(...).mean``; None or NaN: unknown);
+      ``augmented``: the augmented control's lift as ``(mean, low, high, separated)`` (a :class:`PairedCI` from
+      :func:`lift_ci`; None entries: not paired); ``metric``: the base name, whose declared direction decides which
+      side of 0 the augmented lift must lie on.
+    Returns: ``(share, None)``, or ``(nan, reason)`` when the augmented lift is not separated from 0 (its interval
+      covers 0), is within ``GAP_EPS`` of 0, or lies on the worse side of 0 for a metric with a direction (a
+      ``class_hit`` augmented lift <= 0: classic augmentation is no better than an untrained model, so a share of
+      that "gap" would flip sign and mean nothing). NaN is recorded as missing (``<name>_computed`` = 0), never as a
+      number. Source: ours.
+    """
+    mean, low, high, separated = augmented
+    if lift is None or mean is None or not math.isfinite(float(lift)) or not math.isfinite(float(mean)):
+        return math.nan, "the lift or the augmented control's lift is unknown"
+    where = "(lift {:.3g} [{}, {}])".format(mean, *("n/a" if v is None else f"{v:.3g}" for v in (low, high)))
+    if not separated:
+        return math.nan, f"the augmented control's {metric} is not separated from the untrained control's {where}"
+    if abs(mean) <= GAP_EPS:
+        return math.nan, f"the augmented control's {metric} lift is 0 {where}: no gap to close"
+    direction = registry.mode(metric)
+    if (direction == "max" and mean <= 0) or (direction == "min" and mean >= 0):
+        return math.nan, (f"the augmented control's {metric} is worse than the untrained control's {where}: "
+                          f"no gap to close")
+    return float(lift) / float(mean), None
 
 
 def summarize_seeds(evaluations: list[dict[str, Any]], level: float = 0.95) -> dict[str, float]:
