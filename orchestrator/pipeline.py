@@ -150,8 +150,12 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
     ``seed``: evaluation seed(s); for a seeded variant each replaces the variant's seed, for an unseeded one each
     is one more run of the script (a fresh drawn seed, recorded). ``variant``: ``evaluation.lofgan.parse_variant``'s
     text. Several seeds log ``<metric>_seed<s>`` and the mean and 95% interval over seeds and classes
-    (``stats.summarize_seeds``). Tags: ``cmp.protocol=lofgan``, ``cmp.protocol_variant``, ``cmp.shot_indices_sha256``
-    (of the first seed; every seed's in ``lofgan.json``) and the comparability keys known here.
+    (``stats.summarize_seeds``). The comparability record is the default protocol's
+    (``lifecycle.record_comparability``: data digest, split, features and their weights' digest, ...) with
+    ``protocol=lofgan``, ``protocol_variant`` (``Variant.describe``), ``shots``/``n_generate`` the variant's, and,
+    per drawn seed (the evaluation seed of a seeded variant; the recorded OS draw of an unseeded one), every
+    class's support indices of every fake (``cmp.eval_seeds``, ``cmp.shot_indices_sha256``); every seed's own
+    hash is in ``lofgan.json``.
     """
     from orchestrator.evaluation import lofgan
     from orchestrator.evaluation.stats import summarize_seeds
@@ -172,12 +176,8 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
     model.load_state_dict(state["state"])
     parent = tracking.get_run(uri, run_id)
     experiment = tracking.client(uri).get_experiment(parent.info.experiment_id).name
-    tags = {"evaluates": run_id, "cmp.protocol": "lofgan", "cmp.protocol_variant": v.describe(),
-            "cmp.dataset": str(cfg["dataset"]), "cmp.split_seed": str(split.seed),
-            "cmp.image_size": str(cfg["image_size"]), "cmp.channels": str(cfg["channels"]),
-            "cmp.features": features.kind, "cmp.shots": str(v.shots), "cmp.n_generate": str(v.fakes),
-            "cmp.adapt_steps": "method" if adapt_steps is None else str(adapt_steps),
-            "cmp.eval_seeds": ",".join(map(str, seeds)) if v.seed is not None else "none"}
+    # the protocol is known before the evaluation: a child run that fails half-way still says which protocol it ran
+    tags = {"evaluates": run_id, "cmp.protocol": "lofgan", "cmp.protocol_variant": v.describe()}
     child = lifecycle.open_run(uri, experiment, f"evaluate-lofgan-{v.preset}", prep, tags, parent_run_id=run_id)
     try:
         results, out = [], {}
@@ -194,8 +194,11 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
             summary = summarize_seeds([{"metrics": r.metrics, "per_class": r.per_class} for r in results])
             tracking.log_metrics(uri, child, {k: x for k, x in summary.items() if x == x}, int(state.get("step", 0)))
             out.update(summary)
-        tracking.set_tags(uri, child, {"cmp.shot_indices_sha256": results[0].shot_sha256,
-                                       "lofgan.comparable_with_published": str(int(results[0].comparable))})
+        lifecycle.record_comparability(uri, child, prep, n_generate=v.fakes,
+                                       shot_indices={r.drawn_seed: r.shot_indices for r in results},
+                                       protocol="lofgan", protocol_variant=v.describe(), shots=v.shots,
+                                       adapt_steps=adapt_steps)
+        tracking.set_tags(uri, child, {"lofgan.comparable_with_published": str(int(results[0].comparable))})
         tracking.log_dict(uri, child, {"variant": v.describe(), "pool": num, "classes": results[0].classes,
                                        "seeds": [{"eval_seed": s, "drawn_seed": r.drawn_seed,
                                                   "shot_indices_sha256": r.shot_sha256, "metrics": r.metrics,

@@ -199,7 +199,7 @@ MFH_FAST = ["--set", "width=4", "--set", "memory_size=6", "--set", "ci_dim=8", "
             "--set", "n_generate=40"]
 
 
-def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local):
+def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local, capfd):
     """A real run (mfh, 4 steps) on a synthetic flowers-npy; `evaluate --protocol lofgan` is a child run whose
     cmp.* tags say how it was measured, and it is told apart from the default protocol's evaluation."""
     from orchestrator import tracking
@@ -220,7 +220,7 @@ def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local
                  "--eval-seed", "0", "1", "--tracking-uri", uri]) == 0
     assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=seeded,fakes=16",
                  "--eval-seed", "2", "--tracking-uri", uri]) == 0
-    assert main(["evaluate", rid, "--eval-seed", "0", "--n-generate", "16", "--tracking-uri", uri]) == 0
+    assert main(["evaluate", rid, "--eval-seed", "2", "--n-generate", "16", "--tracking-uri", uri]) == 0
     children = c.search_runs([parent.info.experiment_id], f"tags.evaluates = '{rid}'")
     lof = sorted([r for r in children if r.data.tags.get("cmp.protocol") == "lofgan"],
                  key=lambda r: r.data.tags["cmp.eval_seeds"])
@@ -239,6 +239,24 @@ def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local
     assert m["lofgan_fid_domain_computed_seed0"] == 0  # 48 fakes in 64-d: refused (NaN, not logged), never regularised
     record = json.loads(Path(c.download_artifacts(lof[0].info.run_id, "lofgan.json", str(tmp_path))).read_text())
     assert [s["drawn_seed"] for s in record["seeds"]] == [0, 1] and record["classes"] == [85, 86, 87]
+    # one record builder for both protocols: the same keys, the same data/split/feature digests (same run, same
+    # data), told apart by the protocol, its variant and the shots' hash
+    from orchestrator.evaluation.comparability import KEYS, differing_keys, from_tags
+
+    lof_rec, def_rec = from_tags(lof[1].data.tags), from_tags(default[0].data.tags)
+    assert set(lof_rec) == set(def_rec) == set(KEYS)
+    for key in ("data_digest", "split_sha256", "features_sha256"):
+        assert len(lof_rec[key]) == 64 and lof_rec[key] == def_rec[key], key
+    assert lof_rec["eval_seeds"] == def_rec["eval_seeds"] == "2" and lof_rec["n_generate"] == def_rec["n_generate"]
+    assert {"protocol", "protocol_variant", "shot_indices_sha256"} <= set(differing_keys(lof_rec, def_rec))
+    assert json.loads(Path(c.download_artifacts(lof[1].info.run_id, "comparability.json",
+                                                str(tmp_path / "cmp"))).read_text()) == lof_rec
+    # compare refuses to pair them, naming the protocol
+    capfd.readouterr()
+    assert main(["compare", "--metric", "class_hit", "--pair", lof[1].info.run_id, default[0].info.run_id,
+                 "--out", str(tmp_path / "cmp.png"), "--tracking-uri", uri]) == 2
+    err = capfd.readouterr().err
+    assert "not comparable" in err and "cmp.protocol (lofgan vs fsig)" in err, err
     # bad input: one line, exit 2, nothing recorded
     assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=nope", "--tracking-uri", uri]) == 2
     assert main(["evaluate", rid, "--variant", "preset=seeded", "--tracking-uri", uri]) == 2

@@ -270,6 +270,13 @@ def _features(features: Any, u8: torch.Tensor, resize: str) -> np.ndarray:
     return features(x)
 
 
+def shot_indices(ds: Any, classes: list[int], sel: Selection) -> dict[int, list[int]]:
+    """class -> the dataset indices of its fakes' support images, fake after fake (``fakes * shots`` ints): the
+    per-class shot list of the comparability record (``comparability.comparability_record``'s ``shot_indices``)."""
+    return {int(c): [int(i) for i in np.asarray(ds.class_indices(c))[sel.support[k]].reshape(-1)]
+            for k, c in enumerate(classes)}
+
+
 def shot_indices_sha256(ds: Any, classes: list[int], sel: Selection) -> str:
     """sha256 over every class's support indices (dataset indices, in class and fake order), as hex."""
     payload = {str(c): np.asarray(ds.class_indices(c))[sel.support[k]].tolist() for k, c in enumerate(classes)}
@@ -284,6 +291,7 @@ class LofganResult:
     variant: Variant
     drawn_seed: int
     shot_sha256: str
+    shot_indices: dict[int, list[int]]  # class -> support dataset indices, fake after fake (``shot_indices``)
     comparable: bool
     notes: list[str]
     not_computed: dict[str, str]
@@ -372,7 +380,8 @@ def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, vari
     for n in notes:
         say(n)
     return LofganResult(metrics=metrics, per_class=per_class, classes=classes, variant=variant, drawn_seed=drawn,
-                        shot_sha256=shot_indices_sha256(ds, classes, sel), comparable=comparable, notes=notes,
+                        shot_sha256=shot_indices_sha256(ds, classes, sel),
+                        shot_indices=shot_indices(ds, classes, sel), comparable=comparable, notes=notes,
                         not_computed=not_computed)
 
 
