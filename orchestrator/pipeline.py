@@ -91,6 +91,22 @@ def _continue(run, method: str, cfg: dict[str, Any], saved: dict[str, Any], prep
                                       after=after, on_failure="FINISHED" if was == "FINISHED" else "FAILED")
 
 
+def _prepare_moved(uri: str, run_id: str, method: str, cfg: dict[str, Any], split_dict: dict,
+                   data_root: str | None, inception_weights: str | None) -> tuple[dict[str, Any], Any]:
+    """``lifecycle.prepare`` for re-evaluating run ``run_id``; with ``data_root`` (``--data-root``: where the run's
+    dataset moved) the config points there and the loaded data must match the digests the run recorded
+    (``lifecycle.check_same_data``, a UserError before anything is recorded). Returns (config, Prepared)."""
+    if data_root is not None:
+        cfg = lifecycle.finish_config({**cfg, "data_root": data_root})
+
+    def same_data(loaded: lifecycle.Prepared) -> None:
+        if not lifecycle.check_same_data(uri, run_id, loaded):
+            log(f"run {run_id} recorded no dataset digest: {cfg['data_root']} cannot be checked to hold its data")
+
+    return cfg, lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights,
+                                  check_data=same_data if data_root is not None else None)
+
+
 def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_generate: int | None,
                  inception_weights: str | None, data_root: str | None = None) -> dict[str, Any]:
     """Re-run the protocol on a finished train run's novel classes; recorded as a child run of it.
@@ -110,15 +126,7 @@ def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_gener
     n_generate = int(cfg["n_generate"]) if n_generate is None else n_generate
     if n_generate < 2:
         raise UserError(f"--n-generate {n_generate}: FID needs at least 2 images per class")
-    if data_root is not None:
-        cfg = lifecycle.finish_config({**cfg, "data_root": data_root})
-
-    def same_data(loaded: lifecycle.Prepared) -> None:
-        if not lifecycle.check_same_data(uri, run_id, loaded):
-            log(f"run {run_id} recorded no dataset digest: {cfg['data_root']} cannot be checked to hold its data")
-
-    prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights,
-                             check_data=same_data if data_root is not None else None)
+    cfg, prep = _prepare_moved(uri, run_id, method, cfg, split_dict, data_root, inception_weights)
     parent = tracking.get_run(uri, run_id)
     experiment = tracking.client(uri).get_experiment(parent.info.experiment_id).name
     several = len(seeds) > 1
@@ -144,8 +152,11 @@ def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_gener
 
 
 def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, variant: str | None,
-                        inception_weights: str | None, adapt_steps: int | None = None) -> dict[str, Any]:
+                        inception_weights: str | None, adapt_steps: int | None = None,
+                        data_root: str | None = None) -> dict[str, Any]:
     """LoFGAN's main_metric.py procedure (``evaluation.lofgan``) on a finished generator run, as a child run of it.
+
+    ``data_root``: where the run's dataset moved (``--data-root``), checked as ``run_evaluate`` checks it.
 
     ``seed``: evaluation seed(s); for a seeded variant each replaces the variant's seed, for an unseeded one each
     is one more run of the script (a fresh drawn seed, recorded). ``variant``: ``evaluation.lofgan.parse_variant``'s
@@ -167,7 +178,7 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
     method, cfg, split_dict, state = load_run(uri, run_id)
     require_generator(method, run_id, "evaluate --protocol lofgan")
     seeds = seeds or [v.seed if v.seed is not None else int(cfg["eval_seed"])]
-    prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights)
+    cfg, prep = _prepare_moved(uri, run_id, method, cfg, split_dict, data_root, inception_weights)
     ds, split = prep.ds, prep.split
     num = lofgan.pool_size(cfg["dataset"], v)
     features = prep.aids.final
@@ -194,6 +205,7 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
             summary = summarize_seeds([{"metrics": r.metrics, "per_class": r.per_class} for r in results])
             tracking.log_metrics(uri, child, {k: x for k, x in summary.items() if x == x}, int(state.get("step", 0)))
             out.update(summary)
+        lifecycle.log_data_input(uri, child, prep, "evaluation")  # the data's digest and root, as evaluate records
         lifecycle.record_comparability(uri, child, prep, n_generate=v.fakes,
                                        shot_indices={r.drawn_seed: r.shot_indices for r in results},
                                        protocol="lofgan", protocol_variant=v.describe(), shots=v.shots,

@@ -261,3 +261,23 @@ def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local
     assert main(["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=nope", "--tracking-uri", uri]) == 2
     assert main(["evaluate", rid, "--variant", "preset=seeded", "--tracking-uri", uri]) == 2
     assert len(c.search_runs([parent.info.experiment_id], f"tags.evaluates = '{rid}'")) == 3
+    # the .npy moved: --data-root works as for the default protocol, checked against the run's recorded digests
+    moved = tmp_path / "moved.npy"
+    path.rename(moved)
+    changed = arr.copy()
+    changed[86, 0] ^= 1  # one image of a novel class differs
+    np.save(tmp_path / "changed.npy", changed)
+    lofgan_argv = ["evaluate", rid, "--protocol", "lofgan", "--variant", "preset=seeded,fakes=16", "--tracking-uri", uri]
+    for root, needle in ((None, "--data-root"), (tmp_path / "changed.npy", "novel classes are not the data")):
+        capfd.readouterr()
+        assert main([*lofgan_argv, *(["--data-root", str(root)] if root else [])]) == 2
+        err = capfd.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+    assert len(c.search_runs([parent.info.experiment_id], f"tags.evaluates = '{rid}'")) == 3
+    assert main([*lofgan_argv, "--data-root", str(moved)]) == 0
+    (after,) = [r for r in c.search_runs([parent.info.experiment_id], f"tags.evaluates = '{rid}'")
+                if r.info.run_id not in {x.info.run_id for x in children}]
+    assert after.data.params["data_root"] == str(moved.resolve())
+    assert after.data.tags["cmp.data_digest"] == t["cmp.data_digest"]  # the same data, found at its new path
+    assert {i.dataset.name: i.dataset.digest for i in after.inputs.dataset_inputs}["flowers-npy/novel"] == \
+        {i.dataset.name: i.dataset.digest for i in parent.inputs.dataset_inputs}["flowers-npy/novel"]
