@@ -459,6 +459,13 @@ class MFH(Method):
         f_cr = self._class_feature(shots, steps)
         return MFHSampler(copy.deepcopy(self.ema), f_cr)
 
+    def adapt_many(self, shots: list[torch.Tensor], seeds: list[int], steps: int | None = None) -> list[MFHSampler]:
+        """``adapt`` for several shot sets: each CR feature computed exactly as ``adapt`` computes it, and one
+        frozen copy of the EMA side shared by all the samplers (a sampler only reads it), instead of one copy per
+        set: the copy is most of ``adapt``'s cost when a protocol adapts once per generated image (LoFGAN's)."""
+        net = copy.deepcopy(self.ema)
+        return [MFHSampler(net, self._class_feature(s, steps)) for s in shots]
+
     @torch.no_grad()
     def interpolate(self, shots: torch.Tensor, n: int, seed: int, slots: tuple[int, int] | None = None) -> torch.Tensor:
         """Fig. 10: ``n`` images with the shots' CR feature and f_ci walking linearly from slot a to slot b.

@@ -171,11 +171,8 @@ def _dispatch(args: argparse.Namespace) -> dict:
     if args.command == "evaluate" and args.protocol == "lofgan":
         if args.n_generate is not None:
             raise UserError("--n-generate: the LoFGAN protocol's fakes per class are --variant fakes=N (default 128)")
-        if args.data_root:
-            raise UserError("--data-root is not supported with --protocol lofgan yet: evaluate with the default "
-                            "protocol, or restore the dataset at the path the run recorded")
         return pipeline.run_evaluate_lofgan(args.run_id, uri=uri, seed=args.eval_seed, variant=args.variant,
-                                            inception_weights=args.inception_weights)
+                                            inception_weights=args.inception_weights, data_root=args.data_root)
     if args.command == "evaluate" and args.variant:
         raise UserError("--variant applies to --protocol lofgan; add --protocol lofgan or drop --variant")
     if args.command == "evaluate":

@@ -469,19 +469,26 @@ def _end_quietly(uri: str, run_id: str, status: str) -> bool:
 
 
 def record_comparability(uri: str, run_id: str, prep: Prepared, *, n_generate: int,
-                         shot_indices: dict[int, dict[int, list[int]]]) -> dict[str, str]:
+                         shot_indices: dict[int, dict[int, list[int]]], protocol: str = "fsig",
+                         protocol_variant: str = "default", shots: int | None = None,
+                         adapt_steps: int | None = None) -> dict[str, str]:
     """Log the comparability record (``evaluation.comparability``) of the evaluation(s) held by ``run_id``: tags
     ``cmp.<key>`` and ``comparability.json``. ``shot_indices``: per evaluation seed, each class's shot indices.
+    ``protocol``/``protocol_variant``: another protocol's name and settings (``evaluate --protocol lofgan``), whose
+    ``shots`` (support images per generated image) and ``adapt_steps`` replace the run config's when given.
     Returns the record."""
     from orchestrator.evaluation.comparability import ARTIFACT, as_tags, comparability_record
 
     cfg, final = prep.cfg, prep.aids.final
     generator = prep.kind.name == "generator"
+    steps = adapt_steps if adapt_steps is not None else cfg.get("adapt_steps")
     record = comparability_record(
         dataset=cfg["dataset"], ds=prep.ds, split=prep.split, features=final if hasattr(final, "net") else None,
-        shots=int(cfg.get("shots", 0)), n_generate=int(n_generate) if generator else None,
-        adapt_steps=int(cfg["adapt_steps"]) if generator and cfg.get("adapt_steps") is not None else None,
-        eval_seeds=sorted(shot_indices), shot_indices=shot_indices)
+        shots=int(cfg.get("shots", 0)) if shots is None else int(shots),
+        n_generate=int(n_generate) if generator else None,
+        adapt_steps=int(steps) if generator and steps is not None else None,
+        eval_seeds=sorted(shot_indices), shot_indices=shot_indices, protocol=protocol,
+        protocol_variant=protocol_variant)
     tracking.set_tags(uri, run_id, as_tags(record))
     tracking.log_dict(uri, run_id, record, ARTIFACT)
     return record

@@ -91,6 +91,22 @@ def _continue(run, method: str, cfg: dict[str, Any], saved: dict[str, Any], prep
                                       after=after, on_failure="FINISHED" if was == "FINISHED" else "FAILED")
 
 
+def _prepare_moved(uri: str, run_id: str, method: str, cfg: dict[str, Any], split_dict: dict,
+                   data_root: str | None, inception_weights: str | None) -> tuple[dict[str, Any], Any]:
+    """``lifecycle.prepare`` for re-evaluating run ``run_id``; with ``data_root`` (``--data-root``: where the run's
+    dataset moved) the config points there and the loaded data must match the digests the run recorded
+    (``lifecycle.check_same_data``, a UserError before anything is recorded). Returns (config, Prepared)."""
+    if data_root is not None:
+        cfg = lifecycle.finish_config({**cfg, "data_root": data_root})
+
+    def same_data(loaded: lifecycle.Prepared) -> None:
+        if not lifecycle.check_same_data(uri, run_id, loaded):
+            log(f"run {run_id} recorded no dataset digest: {cfg['data_root']} cannot be checked to hold its data")
+
+    return cfg, lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights,
+                                  check_data=same_data if data_root is not None else None)
+
+
 def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_generate: int | None,
                  inception_weights: str | None, data_root: str | None = None) -> dict[str, Any]:
     """Re-run the protocol on a finished train run's novel classes; recorded as a child run of it.
@@ -110,15 +126,7 @@ def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_gener
     n_generate = int(cfg["n_generate"]) if n_generate is None else n_generate
     if n_generate < 2:
         raise UserError(f"--n-generate {n_generate}: FID needs at least 2 images per class")
-    if data_root is not None:
-        cfg = lifecycle.finish_config({**cfg, "data_root": data_root})
-
-    def same_data(loaded: lifecycle.Prepared) -> None:
-        if not lifecycle.check_same_data(uri, run_id, loaded):
-            log(f"run {run_id} recorded no dataset digest: {cfg['data_root']} cannot be checked to hold its data")
-
-    prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights,
-                             check_data=same_data if data_root is not None else None)
+    cfg, prep = _prepare_moved(uri, run_id, method, cfg, split_dict, data_root, inception_weights)
     parent = tracking.get_run(uri, run_id)
     experiment = tracking.client(uri).get_experiment(parent.info.experiment_id).name
     several = len(seeds) > 1
@@ -144,17 +152,23 @@ def run_evaluate(run_id: str, *, uri: str, seed: int | list[int] | None, n_gener
 
 
 def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, variant: str | None,
-                        inception_weights: str | None, adapt_steps: int | None = None) -> dict[str, Any]:
+                        inception_weights: str | None, adapt_steps: int | None = None,
+                        data_root: str | None = None) -> dict[str, Any]:
     """LoFGAN's main_metric.py procedure (``evaluation.lofgan``) on a finished generator run, as a child run of it.
+
+    ``data_root``: where the run's dataset moved (``--data-root``), checked as ``run_evaluate`` checks it.
 
     ``seed``: evaluation seed(s); for a seeded variant each replaces the variant's seed, for an unseeded one each
     is one more run of the script (a fresh drawn seed, recorded). ``variant``: ``evaluation.lofgan.parse_variant``'s
     text. Several seeds log ``<metric>_seed<s>`` and the mean and 95% interval over seeds and classes
-    (``stats.summarize_seeds``). Tags: ``cmp.protocol=lofgan``, ``cmp.protocol_variant``, ``cmp.shot_indices_sha256``
-    (of the first seed; every seed's in ``lofgan.json``) and the comparability keys known here.
+    (``stats.summarize_seeds``). The comparability record is the default protocol's
+    (``lifecycle.record_comparability``: data digest, split, features and their weights' digest, ...) with
+    ``protocol=lofgan``, ``protocol_variant`` (``Variant.describe``), ``shots``/``n_generate`` the variant's, and,
+    per drawn seed (the evaluation seed of a seeded variant; the recorded OS draw of an unseeded one), every
+    class's support indices of every fake (``cmp.eval_seeds``, ``cmp.shot_indices_sha256``); every seed's own
+    hash is in ``lofgan.json``.
     """
     from orchestrator.evaluation import lofgan
-    from orchestrator.evaluation.comparability import data_digest, features_sha256, split_sha256
     from orchestrator.evaluation.stats import summarize_seeds
 
     v = lofgan.parse_variant(variant)
@@ -164,7 +178,7 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
     method, cfg, split_dict, state = load_run(uri, run_id)
     require_generator(method, run_id, "evaluate --protocol lofgan")
     seeds = seeds or [v.seed if v.seed is not None else int(cfg["eval_seed"])]
-    prep = lifecycle.prepare(method, cfg, split_dict, inception_weights=inception_weights)
+    cfg, prep = _prepare_moved(uri, run_id, method, cfg, split_dict, data_root, inception_weights)
     ds, split = prep.ds, prep.split
     num = lofgan.pool_size(cfg["dataset"], v)
     features = prep.aids.final
@@ -173,15 +187,8 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
     model.load_state_dict(state["state"])
     parent = tracking.get_run(uri, run_id)
     experiment = tracking.client(uri).get_experiment(parent.info.experiment_id).name
-    tags = {"evaluates": run_id, "cmp.protocol": "lofgan", "cmp.protocol_variant": v.describe(),
-            "cmp.dataset": str(cfg["dataset"]), "cmp.split_seed": str(split.seed),
-            "cmp.image_size": str(cfg["image_size"]), "cmp.channels": str(cfg["channels"]),
-            "cmp.features": features.kind, "cmp.shots": str(v.shots), "cmp.n_generate": str(v.fakes),
-            "cmp.adapt_steps": "method" if adapt_steps is None else str(adapt_steps),
-            "cmp.eval_seeds": ",".join(map(str, seeds)) if v.seed is not None else "none",
-            # the digests too: a key missing from both of two records does not make them comparable
-            "cmp.data_digest": data_digest(ds), "cmp.split_sha256": split_sha256(split),
-            "cmp.features_sha256": features_sha256(features)}
+    # the protocol is known before the evaluation: a child run that fails half-way still says which protocol it ran
+    tags = {"evaluates": run_id, "cmp.protocol": "lofgan", "cmp.protocol_variant": v.describe()}
     child = lifecycle.open_run(uri, experiment, f"evaluate-lofgan-{v.preset}", prep, tags, parent_run_id=run_id)
     try:
         results, out = [], {}
@@ -198,8 +205,12 @@ def run_evaluate_lofgan(run_id: str, *, uri: str, seed: int | list[int] | None, 
             summary = summarize_seeds([{"metrics": r.metrics, "per_class": r.per_class} for r in results])
             tracking.log_metrics(uri, child, {k: x for k, x in summary.items() if x == x}, int(state.get("step", 0)))
             out.update(summary)
-        tracking.set_tags(uri, child, {"cmp.shot_indices_sha256": results[0].shot_sha256,
-                                       "lofgan.comparable_with_published": str(int(results[0].comparable))})
+        lifecycle.log_data_input(uri, child, prep, "evaluation")  # the data's digest and root, as evaluate records
+        lifecycle.record_comparability(uri, child, prep, n_generate=v.fakes,
+                                       shot_indices={r.drawn_seed: r.shot_indices for r in results},
+                                       protocol="lofgan", protocol_variant=v.describe(), shots=v.shots,
+                                       adapt_steps=adapt_steps)
+        tracking.set_tags(uri, child, {"lofgan.comparable_with_published": str(int(results[0].comparable))})
         tracking.log_dict(uri, child, {"variant": v.describe(), "pool": num, "classes": results[0].classes,
                                        "seeds": [{"eval_seed": s, "drawn_seed": r.drawn_seed,
                                                   "shot_indices_sha256": r.shot_sha256, "metrics": r.metrics,

@@ -456,6 +456,27 @@ def test_adapt_encodes_the_shots_without_fine_tuning_and_depends_on_the_class():
         m.adapt(shot_a, seed=0, steps=-1)
 
 
+def test_adapt_many_shares_one_frozen_copy_and_samples_what_adapt_samples():
+    """``adapt_many`` (the hook a protocol adapting once per image calls) returns, per shot set, the samples
+    ``adapt`` returns, including the unadapted control (steps=0); its samplers keep sampling the model as it
+    was when they were made while meta-training moves it on (what ``adapt``'s copy guarantees)."""
+    m = make()
+    m.meta_train_step(tasks(4))
+    g = torch.Generator().manual_seed(6)
+    shots = [torch.rand(k, *SHAPE, generator=g) * 2 - 1 for k in (3, 1, 3)]
+    for steps in (None, 0):
+        want = [m.adapt(s, seed=i, steps=steps).sample(4, seed=10 + i) for i, s in enumerate(shots)]
+        samplers = m.adapt_many(shots, [0, 1, 2], steps)
+        assert len(samplers) == 3
+        assert all(torch.allclose(w, s.sample(4, seed=10 + i), atol=1e-6) for i, (w, s) in
+                   enumerate(zip(want, samplers)))
+    samplers = m.adapt_many(shots, [0, 1, 2])
+    before = [s.sample(4, seed=3) for s in samplers]
+    m.meta_train_step(tasks(4, seed0=200))
+    assert (m.adapt(shots[0], seed=0).sample(4, seed=3) - before[0]).abs().max() > 1e-6  # the model moved
+    assert all(torch.equal(b, s.sample(4, seed=3)) for b, s in zip(before, samplers))  # its samplers did not
+
+
 @pytest.mark.numerical
 def test_state_dict_round_trip_continues_identically():
     a = make()

@@ -48,7 +48,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -202,20 +202,24 @@ def to_uint8_like_unloader(x: torch.Tensor) -> torch.Tensor:
 
 
 def generate(model: Any, ds: Any, classes: list[int], sel: Selection, *, seed: int, adapt_steps: int | None,
-             chunk: int = 16) -> dict[int, torch.Tensor]:
+             chunk: int = 16, which: dict[int, list[int]] | None = None) -> dict[int, torch.Tensor]:
     """Fake images per class: fake i of class c from ``model.adapt(ds images of sel.support[c, i]) .sample(1)``.
 
     Returns class -> float [fakes, C, H, W] in [-1, 1] (what the model returned). Uses ``adapt_many`` in chunks
-    when the model has it (methods/base.py), else ``adapt`` one triple at a time; seeds are derived from
-    (seed, class, fake).
+    of ``chunk`` triples when the model has it (methods/base.py), else ``adapt`` one triple at a time; seeds are
+    derived from (seed, class, fake). ``which``: class -> the fake positions to make (in that order; a class
+    left out gets none); None: every fake of every class.
     """
     out: dict[int, torch.Tensor] = {}
     device = getattr(model, "device", None)
     for k, c in enumerate(classes):
         idx = np.asarray(ds.class_indices(c))
         fakes = []
-        for start in range(0, sel.support.shape[1], chunk):
-            ids = list(range(start, min(start + chunk, sel.support.shape[1])))
+        todo = list(range(sel.support.shape[1])) if which is None else list(which.get(c, []))
+        if not todo:
+            continue
+        for start in range(0, len(todo), chunk):
+            ids = todo[start:start + chunk]
             xs = [ds.get(idx[sel.support[k, i]]) for i in ids]
             if device is not None:
                 xs = [x.to(device) for x in xs]
@@ -229,6 +233,42 @@ def generate(model: Any, ds: Any, classes: list[int], sel: Selection, *, seed: i
                     fakes.append(sampler.sample(1, seed=_derived(seed, c, i, 2)).detach().float().cpu())
         out[c] = torch.cat(fakes)
     return out
+
+
+@dataclass
+class Reuse:
+    """What several LoFGAN-protocol evaluations of ONE model on ONE dataset may share (the sensitivity rows that
+    differ from the baseline only in scoring or in how many fakes they draw), each keyed by what determines it:
+
+    ``fakes``: (drawn seed, class, fake position, its support dataset indices, adapt steps) -> the uint8 fake
+    [C, H, W]: a fake is ``adapt(those images, seed derived from (seed, class, fake)).sample(1, another such
+    seed)``, so an evaluation whose selection gives a fake the same key gets the same image (a method's
+    ``adapt``/``sample`` are functions of their inputs and seeds, methods/base.py). ``real_features``:
+    (feature network, resize, dataset index) -> its feature vector. ``lpips``: (the fakes' keys of one class)
+    -> LoFGAN's LPIPS of that class. The caller keeps one ``Reuse`` per model and dataset.
+    """
+
+    fakes: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    real_features: dict[tuple, np.ndarray] = field(default_factory=dict)
+    lpips: dict[tuple, float] = field(default_factory=dict)
+
+
+def fakes_uint8(model: Any, ds: Any, classes: list[int], sel: Selection, *, seed: int, adapt_steps: int | None,
+                reuse: Reuse | None = None) -> tuple[dict[int, torch.Tensor], dict[int, list[tuple]]]:
+    """``generate``'s fakes quantised as LoFGAN's unloader does (``to_uint8_like_unloader``), class -> uint8
+    [fakes, C, H, W], and class -> each fake's ``Reuse.fakes`` key. With ``reuse``, only the fakes whose key it
+    lacks are generated, and they are added to it."""
+    keys = {c: [(int(seed), int(c), i, tuple(int(j) for j in np.asarray(ds.class_indices(c))[sel.support[k, i]]),
+                 adapt_steps) for i in range(sel.support.shape[1])] for k, c in enumerate(classes)}
+    if reuse is None:
+        made = generate(model, ds, classes, sel, seed=seed, adapt_steps=adapt_steps)
+        return {c: to_uint8_like_unloader(f) for c, f in made.items()}, keys
+    which = {c: [i for i, key in enumerate(keys[c]) if key not in reuse.fakes] for c in classes}
+    made = generate(model, ds, classes, sel, seed=seed, adapt_steps=adapt_steps, which=which)
+    for c, f in made.items():
+        for i, img in zip(which[c], to_uint8_like_unloader(f)):
+            reuse.fakes[keys[c][i]] = img
+    return {c: torch.stack([reuse.fakes[key] for key in keys[c]]) for c in classes}, keys
 
 
 def _lpips_input(u8: torch.Tensor) -> torch.Tensor:
@@ -270,6 +310,25 @@ def _features(features: Any, u8: torch.Tensor, resize: str) -> np.ndarray:
     return features(x)
 
 
+def _real_features(features: Any, ds: Any, indices: np.ndarray, resize: str, reuse: Reuse | None) -> np.ndarray:
+    """Features [len(indices), dim] of dataset images ``indices`` (repeats allowed: ``draw128`` draws ~10 images
+    128 times), each distinct image through the network once (and once per ``reuse``)."""
+    cache = reuse.real_features if reuse is not None else {}
+    key = (id(features), resize)
+    todo = [int(i) for i in dict.fromkeys(int(i) for i in indices) if key + (int(i),) not in cache]
+    if todo:
+        for i, f in zip(todo, _features(features, ds.images[torch.as_tensor(todo)], resize)):
+            cache[key + (i,)] = f
+    return np.stack([cache[key + (int(i),)] for i in indices])
+
+
+def shot_indices(ds: Any, classes: list[int], sel: Selection) -> dict[int, list[int]]:
+    """class -> the dataset indices of its fakes' support images, fake after fake (``fakes * shots`` ints): the
+    per-class shot list of the comparability record (``comparability.comparability_record``'s ``shot_indices``)."""
+    return {int(c): [int(i) for i in np.asarray(ds.class_indices(c))[sel.support[k]].reshape(-1)]
+            for k, c in enumerate(classes)}
+
+
 def shot_indices_sha256(ds: Any, classes: list[int], sel: Selection) -> str:
     """sha256 over every class's support indices (dataset indices, in class and fake order), as hex."""
     payload = {str(c): np.asarray(ds.class_indices(c))[sel.support[k]].tolist() for k, c in enumerate(classes)}
@@ -284,6 +343,7 @@ class LofganResult:
     variant: Variant
     drawn_seed: int
     shot_sha256: str
+    shot_indices: dict[int, list[int]]  # class -> support dataset indices, fake after fake (``shot_indices``)
     comparable: bool
     notes: list[str]
     not_computed: dict[str, str]
@@ -291,7 +351,7 @@ class LofganResult:
 
 def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, variant: Variant, *, num: int,
                     eval_seed: int | None = None, adapt_steps: int | None = None, lpips_model: Callable | None = None,
-                    progress: bool = True) -> LofganResult:
+                    progress: bool = True, reuse: Reuse | None = None) -> LofganResult:
     """Score ``model`` with LoFGAN's procedure on ``classes`` (the unseen classes, in index order).
 
     ``num``: the conditioning pool per class; ``eval_seed``: overrides a seeded variant's seed (None keeps it;
@@ -303,6 +363,10 @@ def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, vari
     all-pairs LPIPS, with ``lpips_model``) else ``lofgan_diversity_{kind}`` (mean pairwise feature distance,
     ``metrics.diversity``: NOT LPIPS); ``lofgan_n_fakes``, ``lofgan_n_reals``, ``lofgan_comparable`` (1 only with
     Inception features); per class lists for the per-class metrics.
+
+    ``reuse``: fakes, real-image features and LPIPS values already computed for this model and dataset by
+    other evaluations (:class:`Reuse`); the numbers equal a fresh evaluation's within float tolerance (the
+    batches the feature networks see differ).
     """
     classes = [int(c) for c in classes]
     if variant.resize == "antialias" and features.kind != "inception":
@@ -323,16 +387,13 @@ def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, vari
     say = (lambda m: print(f"[lofgan] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     say(f"{len(classes)} classes x {n_images} images, pool {num}, {variant.fakes} fakes/class from "
         f"{variant.shots} shots, seed {drawn}{' (drawn: unseeded variant)' if variant.seed is None else ''}")
-    fakes = generate(model, ds, classes, sel, seed=drawn, adapt_steps=adapt_steps)
-    fakes_u8 = {c: to_uint8_like_unloader(f) for c, f in fakes.items()}
-    reals_u8 = {c: ds.images[torch.as_tensor(np.asarray(ds.class_indices(c))[sel.reals[k]])]
-                for k, c in enumerate(classes)}
+    fakes_u8, fake_keys = fakes_uint8(model, ds, classes, sel, seed=drawn, adapt_steps=adapt_steps, reuse=reuse)
+    reals_idx = {c: np.asarray(ds.class_indices(c))[sel.reals[k]] for k, c in enumerate(classes)}
     metrics: dict[str, float] = {}
     not_computed: dict[str, str] = {}
     per_class: dict[str, list[float]] = {}
     ff = {c: _features(features, fakes_u8[c], variant.resize) for c in classes}
-    # the reals' features, once per distinct image (draw128 repeats them)
-    rf = {c: _features(features, reals_u8[c], variant.resize) for c in classes}
+    rf = {c: _real_features(features, ds, reals_idx[c], variant.resize, reuse) for c in classes}
 
     def fid_of(a: np.ndarray, b: np.ndarray, name: str) -> float:
         try:
@@ -348,7 +409,10 @@ def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, vari
     metrics[f"lofgan_fid_{kind}_per_class"] = float(np.mean(pcs)) if pcs else math.nan
     metrics[f"lofgan_fid_{kind}"] = pooled if variant.fid == "pooled" else metrics[f"lofgan_fid_{kind}_per_class"]
     if lpips_model is not None:
-        vals = lpips_like_lofgan(lpips_model, fakes_u8)
+        known = reuse.lpips if reuse is not None else {}
+        todo = {c: fakes_u8[c] for c in classes if tuple(fake_keys[c]) not in known}
+        known.update({tuple(fake_keys[c]): v for c, v in zip(todo, lpips_like_lofgan(lpips_model, todo))})
+        vals = [known[tuple(fake_keys[c])] for c in classes]
         per_class["lofgan_lpips"] = vals
         metrics["lofgan_lpips"] = float(np.mean(vals))
     else:
@@ -356,7 +420,7 @@ def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, vari
         per_class[f"lofgan_diversity_{kind}"] = vals
         metrics[f"lofgan_diversity_{kind}"] = float(np.mean(vals))
     metrics["lofgan_n_fakes"] = float(sum(len(f) for f in fakes_u8.values()))
-    metrics["lofgan_n_reals"] = float(sum(len(r) for r in reals_u8.values()))
+    metrics["lofgan_n_reals"] = float(sum(len(r) for r in reals_idx.values()))
     comparable = kind == "inception" and not getattr(features, "random_init", False)
     metrics["lofgan_comparable"] = float(comparable)
     for name in list(metrics):
@@ -372,7 +436,8 @@ def evaluate_lofgan(model: Any, ds: Any, classes: list[int], features: Any, vari
     for n in notes:
         say(n)
     return LofganResult(metrics=metrics, per_class=per_class, classes=classes, variant=variant, drawn_seed=drawn,
-                        shot_sha256=shot_indices_sha256(ds, classes, sel), comparable=comparable, notes=notes,
+                        shot_sha256=shot_indices_sha256(ds, classes, sel),
+                        shot_indices=shot_indices(ds, classes, sel), comparable=comparable, notes=notes,
                         not_computed=not_computed)
 
 
