@@ -73,6 +73,7 @@ def test_augmented_control_is_seeded_class_specific_and_keeps_the_white_page(omn
     assert corners.min() > 0.9
 
 
+@pytest.mark.slow  # the whole protocol on 66 Omniglot characters (about 100 s alone)
 def test_augmented_control_is_class_specific_new_and_diverse_on_omniglot(copier_eval):
     m, per = copier_eval.metrics, copier_eval.per_class
     # the positive control: far above chance on class-specificity (the bar: 5x chance)
@@ -84,6 +85,7 @@ def test_augmented_control_is_class_specific_new_and_diverse_on_omniglot(copier_
     assert m["diverged"] == 0 and "diverged_augmented" not in m  # not a model: cannot diverge
 
 
+@pytest.mark.slow  # the whole protocol on 66 Omniglot characters (about 100 s alone)
 def test_method_placed_between_untrained_and_augmented_controls(copier_eval):
     m, per = copier_eval.metrics, copier_eval.per_class
     # the lift over the untrained control, paired by class, averages to the difference of the headlines

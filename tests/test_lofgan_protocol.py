@@ -274,6 +274,7 @@ MFH_FAST = ["--set", "width=4", "--set", "memory_size=6", "--set", "ci_dim=8", "
             "--set", "n_generate=40"]
 
 
+@pytest.mark.slow  # train + two evaluations through the CLI; the selection and record rules have fast tests above
 def test_cli_evaluate_lofgan_records_tags_beside_the_default(tmp_path, ray_local, capfd):
     """A real run (mfh, 4 steps) on a synthetic flowers-npy; `evaluate --protocol lofgan` is a child run whose
     cmp.* tags say how it was measured, and it is told apart from the default protocol's evaluation."""
